@@ -17,7 +17,7 @@ Hugging Face GPT-2 directory:
 """
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -202,9 +202,13 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir, dropout=0.1):
-        """GPT-2 weights from a Hugging Face GPT-2 directory or by name (downloaded through huggingface_hub)."""
-        if Path(name_or_dir).is_dir():
-            config, weights_file = _read_hf_dir(Path(name_or_dir))
+        """GPT-2 by name (downloaded through huggingface_hub), from a Hugging Face GPT-2 directory, or from a
+        directory written by `save` (a checkpoint of this project)."""
+        path = Path(name_or_dir)
+        if (path / "model.json").is_file():
+            return cls.load(path, dropout)
+        if path.is_dir():
+            config, weights_file = _read_hf_dir(path)
         elif name_or_dir in SIZES:
             config, weights_file = GPTConfig(**SIZES[name_or_dir]), _download(name_or_dir)
         else:
@@ -215,26 +219,48 @@ class GPT(nn.Module):
         model.load_hf_state_dict(_read_weights(weights_file), source=weights_file)
         return model
 
-    def load_hf_state_dict(self, hf, source):
-        """Load a GPT2LMHeadModel state dict: transpose its Conv1D weights, check every key and shape."""
-        # Buffers of older files, and the LM head, which is tied to wte.
-        hf = {k.removeprefix("transformer."): v for k, v in hf.items()
-              if not k.endswith((".attn.bias", ".attn.masked_bias")) and k != "lm_head.weight"}
+    def save(self, path):
+        """Write model.json (the config) and model.safetensors into the directory `path`."""
+        from safetensors.torch import save_file
+        (Path(path) / "model.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, Path(path) / "model.safetensors")
+
+    @classmethod
+    def load(cls, path, dropout=None):
+        """The model `save` wrote; dropout overrides the saved one."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        path = Path(path)
+        try:
+            config = GPTConfig(**json.loads((path / "model.json").read_text()))
+            state = load_file(path / "model.safetensors")
+        except (OSError, ValueError, TypeError, SafetensorError) as e:
+            raise ValueError(f"{path}: not a readable checkpoint ({e})") from e
+        config.dropout = config.dropout if dropout is None else dropout
+        model = cls(config)
+        model.load_state_dict_checked(state, source=path / "model.safetensors")
+        return model
+
+    def load_state_dict_checked(self, state, source):
+        """load_state_dict with one clear error naming the file, the key and the shapes."""
         ours = self.state_dict()
-        theirs = {f"transformer.{k}" for k in hf}
-        if theirs != set(ours):
-            missing, unexpected = sorted(set(ours) - theirs), sorted(theirs - set(ours))
+        if set(state) != set(ours):
+            missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
             raise ValueError(f"{source}: not a GPT-2 state dict for this config: missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]}")
+        for k, v in state.items():
+            if v.shape != ours[k].shape:
+                raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, but the config asks for "
+                                 f"{tuple(ours[k].shape)}")
+        self.load_state_dict(state)
+
+    def load_hf_state_dict(self, hf, source):
+        """Load a GPT2LMHeadModel state dict: drop what GPT-2 ties or derives, transpose its Conv1D weights."""
         conv1d = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
-        with torch.no_grad():
-            for k, v in hf.items():
-                v = v.t() if k.endswith(conv1d) else v  # Conv1D stores (in, out); nn.Linear wants (out, in)
-                target = ours[f"transformer.{k}"]
-                if v.shape != target.shape:
-                    raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, but the config asks for "
-                                     f"{tuple(target.shape)}")
-                target.copy_(v)
+        state = {f"transformer.{k.removeprefix('transformer.')}": v.t() if k.endswith(conv1d) else v
+                 for k, v in hf.items()  # Conv1D stores (in, out); nn.Linear wants (out, in)
+                 if not k.endswith((".attn.bias", ".attn.masked_bias")) and k != "lm_head.weight"}
+        self.load_state_dict_checked(state, source)
 
 
 def _read_hf_dir(path):

@@ -179,9 +179,21 @@ def test_loading_errors(tmp_path, tiny_gpt2_dir, monkeypatch):
     config = json.loads((tiny_gpt2_dir / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps({**config, "n_embd": 64}))
     (bad / "model.safetensors").symlink_to(tiny_gpt2_dir / "model.safetensors")
-    with pytest.raises(ValueError, match=r"model.safetensors: h.0.attn.c_attn.bias has shape \(96,\), but the config asks for \(192,\)"):
+    with pytest.raises(ValueError, match=r"model.safetensors: transformer.h.0.attn.c_attn.bias has shape \(96,\), but the config asks for \(192,\)"):
         GPT.from_pretrained(bad)
     # No network and nothing cached: one clear message, whether offline or the Hub is unreachable.
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(FileNotFoundError, match="could not get GPT-2 'gpt2' from the Hugging Face Hub"):
         GPT.from_pretrained("gpt2")
+
+
+def test_save_load_roundtrip_and_corrupt_checkpoint(tmp_path, tiny_gpt2_dir):
+    model = GPT.from_pretrained(tiny_gpt2_dir).eval()
+    model.grow_vocab(50260)
+    model.save(tmp_path)
+    loaded = GPT.from_pretrained(tmp_path).eval()  # a checkpoint of ours loads through the same entry point
+    idx = torch.randint(0, 50260, (2, 7))
+    assert loaded.config == model.config and torch.equal(loaded(idx), model(idx))
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        GPT.load(tmp_path)

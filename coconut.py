@@ -1,0 +1,160 @@
+"""
+Coconut: a language model that reasons in continuous thoughts (Hao et al. 2024, arXiv:2412.06769).
+
+Where a chain of thought would write a reasoning step as words, Coconut feeds the model's own last hidden
+state (after ln_f: the vector the LM head would turn into a word) back in as the input embedding of the
+next position. Each such vector is a continuous thought. A sequence at curriculum stage k reads
+
+    question <bot> [thought] x k*c <eot> remaining steps ### answer <eos>
+
+and only the part after <eot> is supervised; the thoughts learn through back-propagation along the chain.
+
+Thoughts are sequential: thought p+1 is computed from the position of thought p. With every row's first
+latent in one column (data.collate), a batch needs one pass over the prefix, one pass per latent column
+(each reusing the KV cache of everything before it), and one pass over the rest: n thoughts cost n + 2
+passes and no position is computed twice. tests/test_coconut.py checks this against the definition
+(recompute the whole prefix for every thought).
+
+    model = Coconut(GPT.from_pretrained("gpt2"))   # after model.gpt.grow_vocab(...), see train.py
+    losses = model(batch)                          # (N,) cross-entropy of each supervised token
+    out = model.generate(prompts, max_new_tokens=64)
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data import EOS, VOCAB_SIZE, encode
+from gpt import GPT, GPTConfig, KVCache
+
+
+def load_gpt(init_from, new_token_init="copy", dropout=0.1, **scratch):
+    """The GPT of a Coconut model, its vocabulary holding the three latent tokens (SPEC §1).
+
+    init_from: a GPT-2 name, a Hugging Face GPT-2 directory, a checkpoint of ours, or "scratch" (with
+    GPTConfig fields in `scratch`). A plain GPT-2 gets <bot>, <eot> and <latent> appended, each initialised
+    as a copy of the embedding of "<<" (new_token_init="copy") or as the mean of all rows ("mean").
+    """
+    if init_from == "scratch":
+        return GPT(GPTConfig(vocab_size=VOCAB_SIZE, dropout=dropout, **scratch))
+    gpt = GPT.from_pretrained(init_from, dropout)
+    if gpt.config.vocab_size == EOS + 1:
+        gpt.grow_vocab(VOCAB_SIZE, init_row=encode("<<")[0] if new_token_init == "copy" else None)
+    elif gpt.config.vocab_size != VOCAB_SIZE:
+        raise ValueError(f"{init_from}: vocabulary of {gpt.config.vocab_size} tokens; expected GPT-2's "
+                         f"{EOS + 1}, or {VOCAB_SIZE} with the latent tokens")
+    return gpt
+
+
+@dataclass
+class Generation:
+    tokens: list        # per row, the generated ids (thoughts excluded), up to and including EOS if reached
+    n_tokens: list      # per row, thoughts + generated tokens before EOS: the paper's "# tokens"
+    thoughts: torch.Tensor  # (B, n, C) the continuous thoughts fed back (rows with fewer: zeros beyond)
+
+
+class Coconut(nn.Module):
+
+    def __init__(self, gpt, feedback=True):
+        super().__init__()
+        self.gpt = gpt
+        self.feedback = feedback  # False: latents keep their token's embedding (pause tokens, no thought)
+
+    def forward(self, batch, return_thoughts=False):
+        """Cross-entropy (N,) of each supervised token of a collated batch, and the thoughts (B, n, C) on request."""
+        gpt = self.gpt
+        B, T = batch.ids.shape
+        embeds = gpt.transformer.wte(batch.ids)  # (B, T, C)
+        n, L0 = (batch.max_latents, batch.first_latent) if self.feedback else (0, T)
+        thoughts = []
+        if n == 0:  # no thought to wait for: one pass over everything
+            h = gpt(embeds=embeds, pos=batch.pos, mask=batch.mask)
+        else:
+            cache = KVCache(gpt.config, B, T, embeds.device, _compute_dtype(embeds))
+
+            def run(start, end, x):  # columns [start, end) of the batch, attending to the cache before them
+                cols = slice(start, end)
+                return gpt(embeds=x, pos=batch.pos[:, cols], mask=batch.mask[:, cols], cache=cache,
+                           input_pos=torch.arange(start, end, device=x.device))
+
+            hs = [run(0, L0, embeds[:, :L0])]  # everything before the first latent
+            for p in range(n):
+                thought = hs[-1][:, -1:]  # (B, 1, C): the last hidden state of the previous column
+                thoughts.append(thought)
+                # Rows with fewer latents hold an ordinary token (<eot> or later) here: it keeps its embedding.
+                has_latent = (batch.n_latents > p)[:, None, None]
+                hs.append(run(L0 + p, L0 + p + 1, torch.where(has_latent, thought, embeds[:, L0 + p:L0 + p + 1])))
+            if L0 + n < T:
+                hs.append(run(L0 + n, T, embeds[:, L0 + n:]))
+            h = torch.cat(hs, dim=1)  # (B, T, C)
+        # The LM head only where a next token is supervised: most positions are question, latents or padding.
+        logits = gpt.logits(h.flatten(0, 1)[batch.target_idx])  # (N, vocab)
+        losses = F.cross_entropy(logits.float(), batch.targets, reduction="none")
+        return (losses, torch.cat(thoughts, dim=1) if thoughts else h[:, :0]) if return_thoughts else losses
+
+    @torch.no_grad()
+    def generate(self, batch, max_new_tokens, step=None):
+        """Greedy decoding of collated prompts (data.collate(..., align_ends=True)), all rows at once.
+
+        The prefix before the common column is one pass. From there every column is one step of one
+        position per row: a thought for a row still in its latents, its own prompt token for a row still in
+        its prompt, and otherwise its greedy choice from the column before. Rows stop at EOS or after
+        max_new_tokens. `step` is a compiled `decode_step` (see compiled_step); shapes never change.
+        """
+        gpt, step = self.gpt, step or self.decode_step
+        B, T = batch.ids.shape
+        device, L0 = batch.ids.device, batch.first_latent
+        n_thoughts = batch.n_latents if self.feedback else torch.zeros_like(batch.n_latents)  # (B,)
+        thought_end = L0 + n_thoughts           # (B,) a row takes thoughts in columns [L0, thought_end)
+        stop = batch.ends + max_new_tokens      # (B,) and generates tokens in columns [ends, stop)
+        last_thought, last_stop = int(thought_end.max()), int(stop.max())
+        L = min(_bucket(last_stop), gpt.config.block_size)
+        cache = KVCache(gpt.config, B, L, device, _compute_dtype(gpt.transformer.wte.weight))
+        tokens = torch.full((B, L), EOS, dtype=torch.long, device=device)
+        tokens[:, :T] = batch.ids
+        h = gpt(batch.ids[:, :L0], pos=batch.pos[:, :L0], mask=batch.mask[:, :L0], cache=cache,
+                input_pos=torch.arange(L0, device=device))[:, -1].contiguous()  # (B, C) hidden state of column L0-1
+        next_token = gpt.logits(h).argmax(-1)  # (B,)
+        n_generated = torch.zeros(B, dtype=torch.long, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)  # reached EOS
+        thoughts = []
+        for col in range(L0, min(last_stop, L)):
+            if col < last_thought:
+                thoughts.append(torch.where((col < thought_end)[:, None], h, 0.0))
+            generating = (col >= batch.ends) & (col < stop) & ~done
+            tokens[:, col] = torch.where(generating, next_token, tokens[:, col])
+            n_generated += generating & (next_token != EOS)
+            done |= generating & (next_token == EOS)
+            # Waiting for the device costs a step's worth of overlap: look whether all rows are done only now and then.
+            if col == L - 1 or (col >= last_thought and col % 8 == 0 and (done | (col + 1 >= stop)).all()):
+                break
+            pos = (col - batch.starts)[:, None]  # (B, 1)
+            h, next_token = step(h, tokens[:, col], col < thought_end, pos, torch.tensor([col], device=device), cache)
+            h, next_token = h.clone(), next_token.clone()  # CUDA graphs reuse their output buffers
+        tokens, ends, n_generated, done = (t.tolist() for t in (tokens, batch.ends, n_generated, done))
+        return Generation([row[e:e + g + d] for row, e, g, d in zip(tokens, ends, n_generated, done)],
+                          [t + g for t, g in zip(n_thoughts.tolist(), n_generated)],
+                          torch.stack(thoughts, 1) if thoughts else h.new_zeros(B, 0, gpt.config.n_embd))
+
+    def decode_step(self, h, token, is_thought, pos, input_pos, cache):
+        """One column for every row: input a thought (h) or a token; return the new h (B, C) and greedy token."""
+        x = torch.where(is_thought[:, None], h, self.gpt.transformer.wte(token))[:, None]  # (B, 1, C)
+        h = self.gpt(embeds=x, pos=pos, cache=cache, input_pos=input_pos)[:, 0]
+        return h, self.gpt.logits(h).argmax(-1)
+
+    def compiled_step(self):
+        """decode_step under torch.compile; on CUDA with CUDA graphs, since every step has the same shapes."""
+        mode = "reduce-overhead" if next(self.parameters()).is_cuda else None
+        return torch.compile(self.decode_step, mode=mode, fullgraph=True)
+
+
+def _compute_dtype(t):
+    """The dtype activations (and so the KV cache) have: autocast's if it is on, else the tensor's."""
+    device_type = t.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else t.dtype
+
+
+def _bucket(n, size=64):
+    """Round cache lengths up, so that a whole evaluation compiles the step for only a few shapes."""
+    return -(-n // size) * size

@@ -1,0 +1,150 @@
+"""coconut.py against the definition of a continuous thought (SPEC §2), on real ProsQA and GSM8k records.
+
+The reference here is deliberately naive: one row at a time, no padding, no cache; for each latent in order,
+recompute the whole prefix and take the last hidden state as the next input embedding.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import data
+from coconut import Coconut
+from data import EOS, Curriculum, collate, tokenize
+from gpt import GPT
+
+
+@pytest.fixture(scope="module")
+def model(tiny_gpt2_dir):
+    gpt = GPT.from_pretrained(tiny_gpt2_dir, dropout=0.0)
+    gpt.grow_vocab(data.VOCAB_SIZE, init_row=data.encode("<<")[0])
+    torch.manual_seed(0)
+    with torch.no_grad():  # distinct latent-token rows, so that confusing them would show
+        gpt.transformer.wte.weight[data.EOS + 1:] += 0.05 * torch.randn(3, gpt.config.n_embd)
+    return Coconut(gpt).eval()
+
+
+@pytest.fixture(scope="module")
+def records(shared_data):
+    prosqa = data.load_dataset("prosqa", "valid", data_dir=shared_data / "prosqa")[:6]
+    gsm8k = data.load_dataset("gsm8k", "test", data_dir=shared_data / "gsm8k")[:6]
+    return tokenize(prosqa)[0], tokenize(gsm8k)[0]
+
+
+def mixed_examples(records, c_thought):
+    """Rows of different lengths at different stages, latent-free rows (stage 0, cot) among them."""
+    prosqa, gsm8k = records
+    cur = Curriculum(c_thought=c_thought, max_latent_stage=3)
+    return [cur.example(prosqa[0], 2), cur.example(gsm8k[1], 0), cur.example(prosqa[2], 9),
+            Curriculum(method="cot").example(gsm8k[3], 0), cur.example(gsm8k[4], 1), cur.example(prosqa[5], 3)]
+
+
+def naive_row(gpt, example):
+    """Per-token losses of one example by the definition: recompute the prefix for every thought."""
+    ids = torch.tensor(example.ids)
+    embeds = gpt.transformer.wte(ids)[None]  # (1, T, C)
+    for p in range(example.n_latents):
+        col = example.first_latent + p
+        thought = gpt(embeds=embeds[:, :col])[:, -1]  # last hidden state of everything before the latent
+        embeds = torch.cat([embeds[:, :col], thought[:, None], embeds[:, col + 1:]], 1)
+    logits = gpt.logits(gpt(embeds=embeds)[0, example.label_start - 1:-1])
+    return F.cross_entropy(logits, ids[example.label_start:], reduction="none")
+
+
+@pytest.mark.parametrize("c_thought", [1, 2])
+def test_cached_forward_equals_naive_recomputation(model, records, c_thought):
+    examples = mixed_examples(records, c_thought)
+    batch = collate(examples)
+    assert batch.max_latents == 3 * c_thought and (batch.n_latents == 0).sum() == 2
+    losses = model(batch)
+    losses.mean().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    naive = torch.cat([naive_row(model.gpt, e) for e in examples])
+    naive.mean().backward()
+    assert losses.shape == naive.shape
+    assert (losses.mean() - naive.mean()).abs() <= 1e-5
+    assert ((losses - naive).abs() / naive.abs()).max() <= 1e-5  # each token's loss too
+    for (name, p), g in zip(model.named_parameters(), grads):
+        assert (p.grad - g).norm() <= 1e-4 * p.grad.norm(), name
+    model.zero_grad()
+
+
+def test_thoughts_are_fed_back(model, records):
+    """Without feedback (pause tokens) the same batch gives other losses: the thoughts matter."""
+    batch = collate(mixed_examples(records, 1))
+    with torch.no_grad():
+        losses, thoughts = model(batch, return_thoughts=True)
+        pause = Coconut(model.gpt, feedback=False)(batch)
+    assert thoughts.shape == (6, 3, model.gpt.config.n_embd)
+    latent_rows = batch.n_latents > 0
+    assert not torch.allclose(losses, pause)
+    # The first thought is the last hidden state before the first latent: the <bot> position.
+    prefix = model.gpt(batch.ids[:, :batch.first_latent], pos=batch.pos[:, :batch.first_latent],
+                       mask=batch.mask[:, :batch.first_latent])
+    assert torch.allclose(thoughts[latent_rows, 0], prefix[latent_rows, -1], atol=1e-5)
+
+
+def test_batch_equals_rows_one_by_one(model, records):
+    examples = mixed_examples(records, 2)
+    batch = collate(examples)
+    with torch.no_grad():
+        losses = model(batch)
+        rows = batch.target_idx // batch.ids.shape[1]
+        for row, example in enumerate(examples):
+            alone = model(collate([example]))
+            assert ((losses[rows == row] - alone).abs() / alone).max() <= 1e-5
+
+
+def naive_generate(gpt, example, max_new_tokens, feedback=True):
+    """Greedy decoding of one prompt without cache: every new position recomputes the whole sequence."""
+    embeds = gpt.transformer.wte(torch.tensor(example.ids))[None]
+    if feedback:
+        for p in range(example.n_latents):
+            col = example.first_latent + p
+            thought = gpt(embeds=embeds[:, :col])[:, -1]
+            embeds = torch.cat([embeds[:, :col], thought[:, None], embeds[:, col + 1:]], 1)
+    out = []
+    for _ in range(max_new_tokens):
+        token = gpt.logits(gpt(embeds=embeds)[:, -1]).argmax(-1)
+        out.append(token.item())
+        if token.item() == EOS:
+            break
+        embeds = torch.cat([embeds, gpt.transformer.wte(token)[:, None]], 1)
+    return out
+
+
+@pytest.mark.parametrize("method,pad", [("coconut", True), ("coconut", False), ("cot", True),
+                                        ("pause_as_thought", True)])
+def test_batched_generation_equals_naive(model, records, method, pad):
+    prosqa, gsm8k = records
+    cur = Curriculum(method=method, c_thought=2, max_latent_stage=3, pad_latent_to_max=pad)
+    recs = [prosqa[0], gsm8k[1], prosqa[2], gsm8k[0], gsm8k[3]]  # gsm8k[0] has 2 steps: fewer thoughts unpadded
+    prompts = [cur.prompt(r, stage) for r, stage in zip(recs, [1, 2, 4, 4, 0])]
+    batch = collate(prompts, align_ends=True)
+    gen_model = Coconut(model.gpt, feedback=cur.feedback)
+    with torch.no_grad():
+        out = gen_model.generate(batch, max_new_tokens=12)
+        for row, prompt in enumerate(prompts):
+            ref = naive_generate(model.gpt, prompt, 12, feedback=cur.feedback)
+            assert out.tokens[row] == ref, row
+            thoughts = prompt.n_latents if cur.feedback else 0
+            assert out.n_tokens[row] == thoughts + len([t for t in ref if t != EOS])
+    assert len({tuple(t) for t in out.tokens}) > 1  # rows differ: not one constant output
+
+
+def test_compiled_generation_matches_and_does_not_recompile(model, records):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    prosqa, gsm8k = records
+    cur = Curriculum(c_thought=1, max_latent_stage=3)
+    batches = [collate([cur.prompt(r, 4) for r in recs], align_ends=True) for recs in (prosqa[:3], prosqa[3:6])]
+    torch._dynamo.reset()
+    counters.clear()
+    step = model.compiled_step()
+    with torch.no_grad():
+        for batch in batches:
+            compiled = model.generate(batch, max_new_tokens=16, step=step)
+            eager = model.generate(batch, max_new_tokens=16)
+            assert compiled.tokens == eager.tokens and compiled.n_tokens == eager.n_tokens
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs <= 2, f"{graphs} graphs compiled for two batches of ~20 steps each"
