@@ -517,14 +517,16 @@ class Curriculum:
         ids = context + [t for step in steps for t in step] + rec.answer
         return Example(ids, len(context), len(rec.question) + 1, n)
 
-    def prompt(self, rec, stage):
-        """The evaluation prompt at a stage: the question, and the thoughts of that stage between markers."""
+    def prompt(self, rec, stage, n_latents=None):
+        """The evaluation prompt at a stage: the question, and that stage's thoughts between the markers.
+        n_latents forces that many thoughts instead (the paper's sweep over k, SPEC §9)."""
         if METHODS[self.method][0] == "final":
             stage = self.final_stage
         cap = self.max_latent_stage if self.pad_latent_to_max else min(self.max_latent_stage, len(rec.steps))
-        n = min(stage, cap) * self.c_thought if METHODS[self.method][1] else 0
-        context = self._context(rec, n)
-        return Example(context, len(context), len(rec.question) + 1, n)
+        if n_latents is None:
+            n_latents = min(stage, cap) * self.c_thought if METHODS[self.method][1] else 0
+        context = self._context(rec, n_latents)
+        return Example(context, len(context), len(rec.question) + 1, n_latents)
 
 
 @dataclass

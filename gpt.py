@@ -43,6 +43,9 @@ SIZES = {
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),      # 1558M
 }
 
+# Dense bf16 peak FLOP/s of common GPUs, the denominator of MFU.
+PEAK_BF16_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+
 
 class KVCache:
     """Keys and values of every layer for a batch, preallocated to `max_len` columns.
@@ -199,6 +202,12 @@ class GPT(nn.Module):
         n_params = sum(p.numel() for p in self.parameters()) - self.transformer.wpe.weight.numel()
         cfg = self.config
         return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * seq_len
+
+    def mfu(self, tokens_per_second, seq_len, device):
+        """Model FLOPs utilisation: training FLOPs per second over the GPU's dense bf16 peak (None if unknown)."""
+        name = torch.cuda.get_device_name(device)
+        peak = next((flops for gpu, flops in PEAK_BF16_FLOPS.items() if gpu in name), None)
+        return self.flops_per_token(seq_len) * tokens_per_second / peak if peak else None
 
     @classmethod
     def from_pretrained(cls, name_or_dir, dropout=0.1):
