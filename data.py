@@ -486,7 +486,10 @@ class Curriculum:
     def stage(self, epoch):
         """The scheduled stage at an epoch (0-based)."""
         stages = METHODS[self.method][0]
-        return {"cot": 0, "final": self.final_stage}.get(stages, epoch // self.epochs_per_stage)
+        if stages != "curriculum":
+            return 0 if stages == "cot" else self.final_stage
+        # Every stage past max_latent_stage is the final one; icot's stages keep removing tokens.
+        return epoch // self.epochs_per_stage if self.method == "icot" else min(epoch // self.epochs_per_stage, self.final_stage)
 
     def _steps_and_latents(self, rec, stage):
         """The steps still written out at a stage, and how many latents stand for the removed ones."""
@@ -523,8 +526,10 @@ class Curriculum:
         if METHODS[self.method][0] == "final":
             stage = self.final_stage
         cap = self.max_latent_stage if self.pad_latent_to_max else min(self.max_latent_stage, len(rec.steps))
-        if n_latents is None:
-            n_latents = min(stage, cap) * self.c_thought if METHODS[self.method][1] else 0
+        if not METHODS[self.method][1]:
+            n_latents = 0
+        elif n_latents is None:
+            n_latents = min(stage, cap) * self.c_thought
         context = self._context(rec, n_latents)
         return Example(context, len(context), len(rec.question) + 1, n_latents)
 

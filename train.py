@@ -167,6 +167,13 @@ def make_optimizer(params, cfg, device):
                              fused=device.type == "cuda")
 
 
+def resets_optimizer(cfg, curriculum, epoch):
+    """Whether AdamW starts afresh at this epoch: every epoch, at each change of stage, or never."""
+    if epoch == cfg["start_epoch"] or cfg["reset_optimizer"] == "never":
+        return False
+    return cfg["reset_optimizer"] == "epoch" or curriculum.stage(epoch) != curriculum.stage(epoch - 1)
+
+
 def train_phase(cfg, data, device, autocast, rank, world):
     """Train one method through its curriculum; returns the directory of its best checkpoint."""
     out_dir = Path(cfg["out_dir"])
@@ -205,8 +212,7 @@ def train_phase(cfg, data, device, autocast, rank, world):
 
     for epoch in range(state["epoch"], cfg["epochs"]):
         stage = curriculum.stage(epoch)
-        if state["step"] == 0 and epoch > cfg["start_epoch"] and (
-                cfg["reset_optimizer"] == "epoch" or cfg["reset_optimizer"] == "stage" and stage != curriculum.stage(epoch - 1)):
+        if state["step"] == 0 and resets_optimizer(cfg, curriculum, epoch):
             optimizer = make_optimizer(gpt.parameters(), cfg, device)
         order = random.Random(f"{cfg['seed']}-{epoch}").sample(range(len(train)), len(train))
         t0, loss_sum, n_micro_done, n_tokens, n_sequences = time.time(), torch.zeros((), device=device), 0, 0, 0
