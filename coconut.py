@@ -149,6 +149,39 @@ class Coconut(nn.Module):
         return torch.compile(self.decode_step, mode=mode, fullgraph=True)
 
 
+# -----------------------------------------------------------------------------------------------------------
+# The definition, computed the slow way: what the loop above must equal (tests), and what it is measured
+# against (bench.py). Every thought recomputes everything before it, and nothing is cached.
+
+def naive_forward(gpt, batch):
+    """Per-token losses like Coconut.forward, recomputing the whole prefix for every latent column."""
+    embeds = gpt.transformer.wte(batch.ids)  # (B, T, C)
+    for p in range(batch.max_latents):
+        col = batch.first_latent + p
+        h = gpt(embeds=embeds[:, :col], pos=batch.pos[:, :col], mask=batch.mask[:, :col])[:, -1:]
+        x = torch.where((batch.n_latents > p)[:, None, None], h, embeds[:, col:col + 1])
+        embeds = torch.cat([embeds[:, :col], x, embeds[:, col + 1:]], dim=1)
+    h = gpt(embeds=embeds, pos=batch.pos, mask=batch.mask)
+    return F.cross_entropy(gpt.logits(h.flatten(0, 1)[batch.target_idx]).float(), batch.targets, reduction="none")
+
+
+def naive_generate(gpt, example, max_new_tokens, feedback=True):
+    """Greedy decoding of one prompt (a data.Example), recomputing the whole sequence for every position."""
+    embeds = gpt.transformer.wte(torch.tensor([example.ids], device=gpt.transformer.wte.weight.device))
+    for p in range(example.n_latents if feedback else 0):
+        col = example.first_latent + p
+        thought = gpt(embeds=embeds[:, :col])[:, -1:]
+        embeds = torch.cat([embeds[:, :col], thought, embeds[:, col + 1:]], dim=1)
+    out = []
+    for _ in range(max_new_tokens):
+        token = gpt.logits(gpt(embeds=embeds)[:, -1]).argmax(-1)  # (1,)
+        out.append(token.item())
+        if out[-1] == EOS:
+            break
+        embeds = torch.cat([embeds, gpt.transformer.wte(token)[:, None]], dim=1)
+    return out
+
+
 def _compute_dtype(t):
     """The dtype activations (and so the KV cache) have: autocast's if it is on, else the tensor's."""
     device_type = t.device.type

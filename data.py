@@ -299,7 +299,7 @@ def _grow_dag(rng, n, mean_parents):
     return edges, labels
 
 
-def _bfs(children, root):
+def bfs(children, root):
     """Hops from root to every node it reaches, the number of shortest paths, and one predecessor each."""
     dist, paths, prev, queue = {root: 0}, {root: 1}, {}, [root]
     for u in queue:
@@ -329,16 +329,16 @@ def _prosqa_record(rng, settings):
         has_parent[b] = True
     leaves = [v for v in range(len(used)) if not children[v]]
 
-    options = []  # (hops, root, target candidates, negative candidates, bfs)
+    options = []  # (hops, root, target candidates, negative candidates, search from the root)
     for root in (0, 1):
         own = [v for v in leaves if labels[v] == 1 << root]  # reachable from this root only
-        other_dist = _bfs(children, 1 - root)[0]
+        other_dist = bfs(children, 1 - root)[0]
         other = [v for v in leaves if labels[v] == 2 >> root  # reachable from the other root only
                  and other_dist.get(v, 0) >= settings.min_neg_hops]
         if own and other:
-            bfs = _bfs(children, root)
-            hops = max(bfs[0][v] for v in own)
-            options.append((hops, root, [v for v in own if bfs[0][v] == hops], other, bfs))
+            search = bfs(children, root)
+            hops = max(search[0][v] for v in own)
+            options.append((hops, root, [v for v in own if search[0][v] == hops], other, search))
     options = [o for o in options if o[0] >= settings.min_hops]
     if not options:
         return None
@@ -395,7 +395,7 @@ def graph_stats(records):
         children = [[] for _ in r["idx_to_symbol"]]
         for a, b in r["edges"]:
             children[a].append(b)
-        dist, paths, _ = _bfs(children, r["root"])
+        dist, paths, _ = bfs(children, r["root"])
         rows.append((len(children), len(r["edges"]), dist[r["target"]], paths[r["target"]]))
     return {key: statistics.mean(col) for key, col in zip(PAPER_STATS, zip(*rows))}
 
@@ -485,11 +485,13 @@ class Curriculum:
 
     def stage(self, epoch):
         """The scheduled stage at an epoch (0-based)."""
-        stages = METHODS[self.method][0]
-        if stages != "curriculum":
-            return 0 if stages == "cot" else self.final_stage
+        stage = epoch // self.epochs_per_stage
         # Every stage past max_latent_stage is the final one; icot's stages keep removing tokens.
-        return epoch // self.epochs_per_stage if self.method == "icot" else min(epoch // self.epochs_per_stage, self.final_stage)
+        return self._fixed(stage if self.method == "icot" else min(stage, self.final_stage))
+
+    def _fixed(self, stage):
+        """The stage a method really uses: cot stays at 0, the "final" methods at the final stage."""
+        return {"cot": 0, "final": self.final_stage}.get(METHODS[self.method][0], stage)
 
     def _steps_and_latents(self, rec, stage):
         """The steps still written out at a stage, and how many latents stand for the removed ones."""
@@ -512,6 +514,7 @@ class Curriculum:
             cot = [t for step in rec.steps for t in step]
             return Example(rec.question + cot[stage * self.icot_tokens_per_stage:] + rec.answer,
                            len(rec.question), 0, 0)
+        stage = self._fixed(stage)
         if (self.uniform_prob > 0 and METHODS[self.method][0] == "curriculum"
                 and rng is not None and rng.random() < self.uniform_prob):
             stage = rng.randrange(len(rec.steps) + 1)
@@ -523,8 +526,7 @@ class Curriculum:
     def prompt(self, rec, stage, n_latents=None):
         """The evaluation prompt at a stage: the question, and that stage's thoughts between the markers.
         n_latents forces that many thoughts instead (the paper's sweep over k, SPEC §9)."""
-        if METHODS[self.method][0] == "final":
-            stage = self.final_stage
+        stage = self._fixed(stage)
         cap = self.max_latent_stage if self.pad_latent_to_max else min(self.max_latent_stage, len(rec.steps))
         if not METHODS[self.method][1]:
             n_latents = 0

@@ -77,7 +77,7 @@ def parse_args(argv=None):
     a("--epochs", type=int, help="last epoch (exclusive) of the run")
     a("--start_epoch", type=int, help="first epoch: the schedule's stage is epoch // epochs_per_stage")
     a("--cot_epochs", type=int, help="epochs of a plain-CoT phase first; the method then starts from its best epoch")
-    a("--pad_latent_to_max", type=_bool, help="beyond max_latent_stage, always max_latent_stage*c thoughts")
+    a("--pad_latent_to_max", type=parse_bool, help="beyond max_latent_stage, always max_latent_stage*c thoughts")
     a("--uniform_prob", type=float, help="probability that a record trains at a random stage (stage mixing)")
     a("--icot_tokens_per_stage", type=int, help="icot: leading CoT tokens removed per stage")
     a("--lr", type=float, help="AdamW learning rate, constant")
@@ -102,7 +102,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _bool(s):
+def parse_bool(s):
     if s.lower() not in ("true", "false", "1", "0"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
     return s.lower() in ("true", "1")

@@ -1,14 +1,14 @@
 """coconut.py against the definition of a continuous thought (SPEC §2), on real ProsQA and GSM8k records.
 
-The reference here is deliberately naive: one row at a time, no padding, no cache; for each latent in order,
-recompute the whole prefix and take the last hidden state as the next input embedding.
+The reference is deliberately naive (coconut.naive_forward, naive_generate), and run one row at a time:
+no padding, no cache; for each latent in order, recompute the whole prefix and take its last hidden state.
 """
 import pytest
 import torch
 import torch.nn.functional as F
 
 import data
-from coconut import Coconut
+from coconut import Coconut, naive_forward, naive_generate
 from data import EOS, Curriculum, collate, tokenize
 from gpt import GPT
 
@@ -38,18 +38,6 @@ def mixed_examples(records, c_thought):
             Curriculum(method="cot").example(gsm8k[3], 0), cur.example(gsm8k[4], 1), cur.example(prosqa[5], 3)]
 
 
-def naive_row(gpt, example):
-    """Per-token losses of one example by the definition: recompute the prefix for every thought."""
-    ids = torch.tensor(example.ids)
-    embeds = gpt.transformer.wte(ids)[None]  # (1, T, C)
-    for p in range(example.n_latents):
-        col = example.first_latent + p
-        thought = gpt(embeds=embeds[:, :col])[:, -1]  # last hidden state of everything before the latent
-        embeds = torch.cat([embeds[:, :col], thought[:, None], embeds[:, col + 1:]], 1)
-    logits = gpt.logits(gpt(embeds=embeds)[0, example.label_start - 1:-1])
-    return F.cross_entropy(logits, ids[example.label_start:], reduction="none")
-
-
 @pytest.mark.parametrize("c_thought", [1, 2])
 def test_cached_forward_equals_naive_recomputation(model, records, c_thought):
     examples = mixed_examples(records, c_thought)
@@ -59,7 +47,8 @@ def test_cached_forward_equals_naive_recomputation(model, records, c_thought):
     losses.mean().backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    naive = torch.cat([naive_row(model.gpt, e) for e in examples])
+    # The definition, one row at a time: no padding, no cache, no batch.
+    naive = torch.cat([naive_forward(model.gpt, collate([e])) for e in examples])
     naive.mean().backward()
     assert losses.shape == naive.shape
     assert (losses.mean() - naive.mean()).abs() <= 1e-5
@@ -93,24 +82,6 @@ def test_batch_equals_rows_one_by_one(model, records):
         for row, example in enumerate(examples):
             alone = model(collate([example]))
             assert ((losses[rows == row] - alone).abs() / alone).max() <= 1e-5
-
-
-def naive_generate(gpt, example, max_new_tokens, feedback=True):
-    """Greedy decoding of one prompt without cache: every new position recomputes the whole sequence."""
-    embeds = gpt.transformer.wte(torch.tensor(example.ids))[None]
-    if feedback:
-        for p in range(example.n_latents):
-            col = example.first_latent + p
-            thought = gpt(embeds=embeds[:, :col])[:, -1]
-            embeds = torch.cat([embeds[:, :col], thought[:, None], embeds[:, col + 1:]], 1)
-    out = []
-    for _ in range(max_new_tokens):
-        token = gpt.logits(gpt(embeds=embeds)[:, -1]).argmax(-1)
-        out.append(token.item())
-        if token.item() == EOS:
-            break
-        embeds = torch.cat([embeds, gpt.transformer.wte(token)[:, None]], 1)
-    return out
 
 
 @pytest.mark.parametrize("method,pad", [("coconut", True), ("coconut", False), ("cot", True),

@@ -256,7 +256,7 @@ def check_prosqa(record):
     children = [[] for _ in symbols]
     for a, b in edges:
         children[a].append(b)
-    dist = data._bfs(children, root)[0]
+    dist = data.bfs(children, root)[0]
 
     def sentence(a, b):
         return f"{symbols[a]} is a {symbols[b]}." if a not in has_parent else f"Every {symbols[a]} is a {symbols[b]}."

@@ -112,8 +112,10 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, data_dir):
 
 
 def test_two_processes_equal_one(tmp_path, data_dir):
+    # At the paper's learning rate: AdamW turns the last-bit differences of another summation order into
+    # differences that grow with the learning rate, and this comparison is about which gradients are summed.
     args = [*TINY, "--data_dir", str(data_dir), "--batch_size", "8", "--micro_batch_size", "2", "--epochs", "2",
-            "--uniform_prob", "0.5", "--val_examples", "2"]
+            "--uniform_prob", "0.5", "--val_examples", "2", "--lr", "1e-4"]
     one = run(*args, "--out_dir", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -124,9 +126,12 @@ def test_two_processes_equal_one(tmp_path, data_dir):
                           "train.py", *args, "--out_dir", str(tmp_path / "two")], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 process(es)" in two.stdout
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
-    assert "2 process(es)" in two.stdout
+    torch.manual_seed(0)  # the run's initialisation: the weights moved far more than the tolerance
+    init = train.load_gpt("scratch", n_layer=2, n_head=2, n_embd=32).state_dict()
+    assert max((a[k] - init[k]).abs().max().item() for k in a) > 20 * 1e-5
 
 
 @pytest.mark.parametrize("args,message", [
