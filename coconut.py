@@ -60,6 +60,7 @@ class Coconut(nn.Module):
         super().__init__()
         self.gpt = gpt
         self.feedback = feedback  # False: latents keep their token's embedding (pause tokens, no thought)
+        self._last_cache = (None, None)  # (shape, KVCache) of the last generation
 
     def forward(self, batch, return_thoughts=False):
         """Cross-entropy (N,) of each supervised token of a collated batch, and the thoughts (B, n, C) on request."""
@@ -110,7 +111,7 @@ class Coconut(nn.Module):
         stop = batch.ends + max_new_tokens      # (B,) and generates tokens in columns [ends, stop)
         last_thought, last_stop = int(thought_end.max()), int(stop.max())
         L = min(_bucket(last_stop), gpt.config.block_size)
-        cache = KVCache(gpt.config, B, L, device, _compute_dtype(gpt.transformer.wte.weight))
+        cache = self._cache(B, L, device, _compute_dtype(gpt.transformer.wte.weight))
         tokens = torch.full((B, L), EOS, dtype=torch.long, device=device)
         tokens[:, :T] = batch.ids
         h = gpt(batch.ids[:, :L0], pos=batch.pos[:, :L0], mask=batch.mask[:, :L0], cache=cache,
@@ -136,6 +137,14 @@ class Coconut(nn.Module):
         return Generation([row[e:e + g + d] for row, e, g, d in zip(tokens, ends, n_generated, done)],
                           [t + g for t, g in zip(n_thoughts.tolist(), n_generated)],
                           torch.stack(thoughts, 1) if thoughts else h.new_zeros(B, 0, gpt.config.n_embd))
+
+    def _cache(self, *shape):
+        """A KV cache for generation, kept for the next batch of the same shape: CUDA graphs recorded for it stay
+        valid. Leftovers from the last batch are never read: every column is written before it is attended to."""
+        if self._last_cache[0] != shape:
+            B, L, device, dtype = shape
+            self._last_cache = shape, KVCache(self.gpt.config, B, L, device, dtype)
+        return self._last_cache[1]
 
     def decode_step(self, h, token, is_thought, pos, input_pos, cache):
         """One column for every row: input a thought (h) or a token; return the new h (B, C) and greedy token."""

@@ -67,14 +67,20 @@ class KVCache:
 
     def update(self, layer, input_pos, k, v):
         """Write k, v (B, nh, T, hd) at columns input_pos (T,); return the layer's keys, values (B, nh, L, hd)."""
-        if k.requires_grad:
-            # Training through the cache: autograd keeps every pass's keys, so never overwrite them in place.
-            self.k[layer] = self.k[layer].index_copy(2, input_pos, k)
-            self.v[layer] = self.v[layer].index_copy(2, input_pos, v)
-        else:
-            self.k[layer].index_copy_(2, input_pos, k)
-            self.v[layer].index_copy_(2, input_pos, v)
+        self.k[layer] = _write(self.k[layer], 2, input_pos, k)
+        self.v[layer] = _write(self.v[layer], 2, input_pos, v)
         return self.k[layer], self.v[layer]
+
+    def update_valid(self, input_pos, valid):
+        """Mark columns input_pos real (True) or padding (False) for rows (B, T); return all columns' (B, L)."""
+        self.valid = _write(self.valid, 1, input_pos, valid)
+        return self.valid
+
+
+def _write(t, dim, index, values):
+    """t with `values` at `index` along `dim`: in place, so that addresses stay fixed for CUDA graphs, unless
+    autograd is recording; then out of place, since every earlier pass keeps what it read for its backward."""
+    return t.index_copy(dim, index, values) if torch.is_grad_enabled() else t.index_copy_(dim, index, values)
 
 
 class CausalSelfAttention(nn.Module):
@@ -177,8 +183,7 @@ class GPT(nn.Module):
             valid, q_col = mask, torch.arange(T, device=device)
         else:
             new_valid = mask if mask is not None else torch.ones(B, T, dtype=torch.bool, device=device)
-            cache.valid.index_copy_(1, input_pos, new_valid)
-            valid, q_col = cache.valid, input_pos
+            valid, q_col = cache.update_valid(input_pos, new_valid), input_pos
         k_col = torch.arange(valid.size(1), device=device)
         causal = k_col <= q_col[:, None]  # (T, L)
         # A padding query may have no real key at all, and a softmax over nothing is NaN. Letting every query

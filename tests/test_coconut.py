@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from coconut import Coconut, naive_forward, naive_generate
+from coconut import Coconut, load_gpt, naive_forward, naive_generate
 from data import EOS, Curriculum, collate, tokenize
 from gpt import GPT
 
@@ -119,3 +119,29 @@ def test_compiled_generation_matches_and_does_not_recompile(model, records):
             assert compiled.tokens == eager.tokens and compiled.n_tokens == eager.n_tokens
     graphs = counters["stats"]["unique_graphs"]
     assert graphs <= 2, f"{graphs} graphs compiled for two batches of ~20 steps each"
+
+
+def test_compiled_training_matches_eager(tiny_gpt2_dir, records):
+    """train.py --compile: the cached loop under torch.compile, backward included, as eager computes it."""
+    torch.manual_seed(0)
+    gpt = load_gpt(str(tiny_gpt2_dir))  # dropout 0.1 in training mode, as train.py runs it
+    compiled = Coconut(torch.compile(gpt)).train()
+    batches = [collate(mixed_examples(records, c)) for c in (1, 2)]
+    for batch in batches:  # shapes change from batch to batch; autograd must find what it saved intact
+        compiled(batch).mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in gpt.parameters())
+    for m in gpt.modules():  # dropout off: now compiled and eager must agree
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "dropout") and isinstance(m.dropout, float):
+            m.dropout = 0.0
+    for batch in batches:
+        gpt.zero_grad()
+        losses = compiled(batch)
+        losses.mean().backward()
+        grads = [p.grad.clone() for p in gpt.parameters()]
+        gpt.zero_grad()
+        eager = Coconut(gpt).train()(batch)
+        eager.mean().backward()
+        assert ((losses - eager).abs() / eager).max() <= 1e-5
+        assert all((p.grad - g).norm() <= 1e-4 * p.grad.norm() for p, g in zip(gpt.parameters(), grads))

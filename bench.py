@@ -1,0 +1,146 @@
+"""
+Speed and memory of Coconut's exact loop, each measured against a reference run in the same process.
+
+    python bench.py                                   # CPU, float32: GPT-2 small shapes, batch 8
+    python bench.py --device cuda --compile           # GPU: bf16 autocast, torch.compile, batch 32
+
+The model has GPT-2 small's shapes (124M parameters, random weights: speed does not depend on them) and the
+batches are real GSM8k-Aug test records at the final stage of the paper's GSM8k recipe (6 thoughts).
+
+  latent overhead   a Coconut training step (forward + backward, thoughts fed back through the KV cache)
+                    against a plain LM step on the very same tokens (the latents as ordinary tokens)
+  cache speed-up    that step against naive recomputation (every thought recomputes its whole prefix)
+  generation        batched greedy decoding with the KV cache against batch-1 decoding without it, which
+                    recomputes the whole sequence for every new token (the authors' generation); the two
+                    must produce the same tokens, and do
+"""
+import argparse
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from coconut import Coconut, load_gpt, naive_forward, naive_generate
+from data import Curriculum, collate, load_dataset, tokenize
+from eval import setup
+
+
+def timed(fn, device, repeat):
+    """Median seconds of fn() over `repeat` runs after one warm-up, and the peak CUDA memory of one run."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return sorted(times)[len(times) // 2], peak
+
+
+def main():
+    p = argparse.ArgumentParser(description="Speed and memory of Coconut against reference runs (see the docstring).")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="auto: bf16 on GPUs that have it")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training model and the decode step")
+    p.add_argument("--batch_size", type=int, help="training and generation batch (default 32 on a GPU, 8 on a CPU)")
+    p.add_argument("--n_layer", type=int, default=12, help="model depth (GPT-2 small: 12)")
+    p.add_argument("--n_head", type=int, default=12, help="attention heads (GPT-2 small: 12)")
+    p.add_argument("--n_embd", type=int, default=768, help="model width (GPT-2 small: 768)")
+    p.add_argument("--max_new_tokens", type=int, default=64, help="generation budget (the GSM8k preset's)")
+    p.add_argument("--naive_examples", type=int, help="examples decoded one by one without cache (default 8 GPU, 2 CPU)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (the median is reported)")
+    p.add_argument("--data_dir", default=str(Path(__file__).parent.parent / "shared" / "data" / "gsm8k"),
+                   help="folder with GSM8k-Aug test.txt (downloaded if it is not there)")
+    args = p.parse_args()
+    device, autocast, _, _ = setup(args.device, args.dtype)
+    cuda = device.type == "cuda"
+    B = args.batch_size or (32 if cuda else 8)
+    n_naive = args.naive_examples or (8 if cuda else 2)
+
+    torch.manual_seed(0)
+    gpt = load_gpt("scratch", n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd).to(device)
+    train_model = Coconut(torch.compile(gpt) if args.compile else gpt)
+    plain = Coconut(train_model.gpt, feedback=False)
+    records = load_dataset("gsm8k", "test", data_dir=args.data_dir if Path(args.data_dir).is_dir() else None)
+    cur = Curriculum(c_thought=2, max_latent_stage=3)  # the GSM8k preset: 6 thoughts at the final stage
+    tokenized, _ = tokenize(records[:B], max_latents=6)
+    batch = collate([cur.example(t, cur.final_stage) for t in tokenized]).to(device)
+    tokens = int(batch.mask.sum())
+
+    def step(model):
+        def run():
+            with autocast:
+                loss = model(batch).mean()
+            loss.backward()
+            gpt.zero_grad(set_to_none=True)
+        return run
+
+    def naive_step():
+        with autocast:
+            loss = naive_forward(train_model.gpt, batch).mean()
+        loss.backward()
+        gpt.zero_grad(set_to_none=True)
+
+    gpt.train()
+    t_coconut, mem_coconut = timed(step(train_model), device, args.repeat)
+    t_plain, mem_plain = timed(step(plain), device, args.repeat)
+    t_naive, mem_naive = timed(naive_step, device, args.repeat)
+
+    gpt.eval()
+    gen_model = Coconut(gpt)
+    decode_step = gen_model.compiled_step() if args.compile else None
+    prompts = [cur.prompt(t, cur.final_stage) for t in tokenized]
+    prompt_batch = collate(prompts, align_ends=True).to(device)
+    outputs = {}
+
+    def generate():
+        with autocast:
+            outputs["batched"] = gen_model.generate(prompt_batch, args.max_new_tokens, step=decode_step)
+
+    def generate_naive():
+        with torch.no_grad(), autocast:
+            outputs["naive"] = [naive_generate(gpt, e, args.max_new_tokens) for e in prompts[:n_naive]]
+
+    t_gen, mem_gen = timed(generate, device, args.repeat)
+    t_gen_naive, _ = timed(generate_naive, device, 1)
+    agree = sum(a == b for a, b in zip(outputs["batched"].tokens, outputs["naive"]))
+
+    def mib(m):
+        return "-" if m is None else f"{m:.2f} GiB"
+
+    def per_s(t):  # and model FLOPs utilisation, on a GPU whose peak is known
+        mfu = gpt.mfu(tokens / t, batch.ids.shape[1], device) if cuda else None
+        return f"{tokens / t:,.0f} tok/s" + (f", MFU {mfu:.1%}" if mfu else "")
+
+    name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    print(f"\n{name}, {'bf16 autocast' if isinstance(autocast, torch.autocast) else 'float32'}"
+          f"{', torch.compile' if args.compile else ''}; model {args.n_layer}x{args.n_embd} "
+          f"({sum(p.numel() for p in gpt.parameters()) / 1e6:.0f}M); batch {B} x {batch.ids.shape[1]} columns "
+          f"({tokens} tokens, 6 thoughts); torch {torch.__version__}\n")
+    rows = [
+        ("training step: Coconut, 6 thoughts", f"{t_coconut * 1e3:,.0f} ms", per_s(t_coconut), mib(mem_coconut)),
+        ("training step: plain LM, same tokens", f"{t_plain * 1e3:,.0f} ms", per_s(t_plain), mib(mem_plain)),
+        ("training step: naive recomputation", f"{t_naive * 1e3:,.0f} ms", per_s(t_naive), mib(mem_naive)),
+        (f"generation: batch {B}, KV cache", f"{t_gen * 1e3:,.0f} ms", f"{B / t_gen:.2f} examples/s", mib(mem_gen)),
+        (f"generation: batch 1, no cache ({n_naive} ex.)", f"{t_gen_naive * 1e3:,.0f} ms", f"{n_naive / t_gen_naive:.2f} examples/s", "-"),
+    ]
+    print("| measurement | time | throughput | peak memory |\n|---|---|---|---|")
+    print("\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows))
+    print(f"\n| ratio | value |\n|---|---|\n"
+          f"| latent overhead: Coconut step / plain step | {t_coconut / t_plain:.2f} |\n"
+          f"| cache speed-up: naive step / Coconut step | {t_naive / t_coconut:.2f} |\n"
+          f"| generation speed-up: batched cached / batch-1 naive, examples per second | "
+          f"{(B / t_gen) / (n_naive / t_gen_naive):.1f} |\n"
+          f"| batched outputs identical to batch-1 naive ones | {agree} of {n_naive} |")
+    if not cuda:
+        print(f"\npeak resident memory of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The GPU paths: SDPA's CUDA kernels, CUDA graphs in the compiled decode step, bf16 autocast. Skipped without CUDA."""
+import pytest
+import torch
+
+import data
+from coconut import Coconut, load_gpt, naive_forward
+from data import Curriculum, collate, tokenize
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_gpt2_dir, shared_data):
+    gpt = load_gpt(str(tiny_gpt2_dir), dropout=0.0).cuda().eval()
+    records = data.load_dataset("prosqa", "valid", data_dir=shared_data / "prosqa")[:8]
+    return gpt, tokenize(records)[0]
+
+
+def test_cuda_cached_forward_equals_naive(setup):
+    gpt, tokenized = setup
+    cur = Curriculum(max_latent_stage=3)
+    batch = collate([cur.example(t, s) for t, s in zip(tokenized, [0, 1, 2, 3, 4, 4, 2, 0])]).to("cuda")
+    losses = Coconut(gpt)(batch)
+    naive = naive_forward(gpt, batch)
+    assert (losses.mean() - naive.mean()).abs() <= 1e-4
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        bf16 = Coconut(gpt)(batch)
+    assert bf16.dtype == torch.float32 and (bf16.mean() - losses.mean()).abs() <= 2e-2 * losses.mean()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_generation_equals_eager(setup, dtype):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    gpt, tokenized = setup
+    model = Coconut(gpt)
+    cur = Curriculum(max_latent_stage=3)
+    torch._dynamo.reset()
+    counters.clear()
+    step = model.compiled_step()  # mode="reduce-overhead" on CUDA: CUDA graphs
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        for chunk in (tokenized[:4], tokenized[4:]):
+            batch = collate([cur.prompt(t, 4) for t in chunk], align_ends=True).to("cuda")
+            compiled = model.generate(batch, max_new_tokens=24, step=step)
+            eager = model.generate(batch, max_new_tokens=24)
+            assert compiled.tokens == eager.tokens and compiled.n_tokens == eager.n_tokens
+            assert torch.allclose(compiled.thoughts, eager.thoughts, atol=1e-2 if dtype == torch.bfloat16 else 1e-4)
+    assert counters["stats"]["unique_graphs"] <= 2
