@@ -27,8 +27,9 @@ from eval import setup
 
 
 def timed(fn, device, repeat):
-    """Median seconds of fn() over `repeat` runs after one warm-up, and the peak CUDA memory of one run."""
+    """Median seconds of fn() over `repeat` runs after two warm-ups (compilation), and the peak CUDA memory of one run."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
     fn()
     times = []
     for _ in range(repeat):
@@ -65,7 +66,7 @@ def main():
 
     torch.manual_seed(0)
     gpt = load_gpt("scratch", n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd).to(device)
-    train_model = Coconut(torch.compile(gpt) if args.compile else gpt)
+    train_model = Coconut(torch.compile(gpt, dynamic=True) if args.compile else gpt)  # as train.py compiles it
     plain = Coconut(train_model.gpt, feedback=False)
     records = load_dataset("gsm8k", "test", data_dir=args.data_dir if Path(args.data_dir).is_dir() else None)
     cur = Curriculum(c_thought=2, max_latent_stage=3)  # the GSM8k preset: 6 thoughts at the final stage

@@ -15,9 +15,9 @@ latent in one column (data.collate), a batch needs one pass over the prefix, one
 passes and no position is computed twice. tests/test_coconut.py checks this against the definition
 (recompute the whole prefix for every thought).
 
-    model = Coconut(GPT.from_pretrained("gpt2"))   # after model.gpt.grow_vocab(...), see train.py
-    losses = model(batch)                          # (N,) cross-entropy of each supervised token
-    out = model.generate(prompts, max_new_tokens=64)
+    model = Coconut(load_gpt("gpt2"))               # GPT-2 with <bot>, <eot>, <latent> added
+    losses = model(data.collate(examples))          # (N,) cross-entropy of each supervised token
+    out = model.generate(data.collate(prompts, align_ends=True), max_new_tokens=64)
 """
 from dataclasses import dataclass
 
@@ -27,24 +27,6 @@ import torch.nn.functional as F
 
 from data import EOS, VOCAB_SIZE, encode
 from gpt import GPT, GPTConfig, KVCache
-
-
-def load_gpt(init_from, new_token_init="copy", dropout=0.1, **scratch):
-    """The GPT of a Coconut model, its vocabulary holding the three latent tokens (SPEC §1).
-
-    init_from: a GPT-2 name, a Hugging Face GPT-2 directory, a checkpoint of ours, or "scratch" (with
-    GPTConfig fields in `scratch`). A plain GPT-2 gets <bot>, <eot> and <latent> appended, each initialised
-    as a copy of the embedding of "<<" (new_token_init="copy") or as the mean of all rows ("mean").
-    """
-    if init_from == "scratch":
-        return GPT(GPTConfig(vocab_size=VOCAB_SIZE, dropout=dropout, **scratch))
-    gpt = GPT.from_pretrained(init_from, dropout)
-    if gpt.config.vocab_size == EOS + 1:
-        gpt.grow_vocab(VOCAB_SIZE, init_row=encode("<<")[0] if new_token_init == "copy" else None)
-    elif gpt.config.vocab_size != VOCAB_SIZE:
-        raise ValueError(f"{init_from}: vocabulary of {gpt.config.vocab_size} tokens; expected GPT-2's "
-                         f"{EOS + 1}, or {VOCAB_SIZE} with the latent tokens")
-    return gpt
 
 
 @dataclass
@@ -117,6 +99,7 @@ class Coconut(nn.Module):
         h = gpt(batch.ids[:, :L0], pos=batch.pos[:, :L0], mask=batch.mask[:, :L0], cache=cache,
                 input_pos=torch.arange(L0, device=device))[:, -1].contiguous()  # (B, C) hidden state of column L0-1
         next_token = gpt.logits(h).argmax(-1)  # (B,)
+        columns = torch.arange(L, device=device)  # step inputs are slices of it: no host-to-device copy per step
         n_generated = torch.zeros(B, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)  # reached EOS
         thoughts = []
@@ -131,7 +114,7 @@ class Coconut(nn.Module):
             if col == L - 1 or (col >= last_thought and col % 8 == 0 and (done | (col + 1 >= stop)).all()):
                 break
             pos = (col - batch.starts)[:, None]  # (B, 1)
-            h, next_token = step(h, tokens[:, col], col < thought_end, pos, torch.tensor([col], device=device), cache)
+            h, next_token = step(h, tokens[:, col], col < thought_end, pos, columns[col:col + 1], cache)
             h, next_token = h.clone(), next_token.clone()  # CUDA graphs reuse their output buffers
         tokens, ends, n_generated, done = (t.tolist() for t in (tokens, batch.ends, n_generated, done))
         return Generation([row[e:e + g + d] for row, e, g, d in zip(tokens, ends, n_generated, done)],
@@ -156,6 +139,24 @@ class Coconut(nn.Module):
         """decode_step under torch.compile; on CUDA with CUDA graphs, since every step has the same shapes."""
         mode = "reduce-overhead" if next(self.parameters()).is_cuda else None
         return torch.compile(self.decode_step, mode=mode, fullgraph=True)
+
+
+def load_gpt(init_from, new_token_init="copy", dropout=0.1, **scratch):
+    """The GPT of a Coconut model, its vocabulary holding the three latent tokens (SPEC §1).
+
+    init_from: a GPT-2 name, a Hugging Face GPT-2 directory, a checkpoint of ours, or "scratch" (with
+    GPTConfig fields in `scratch`). A plain GPT-2 gets <bot>, <eot> and <latent> appended, each initialised
+    as a copy of the embedding of "<<" (new_token_init="copy") or as the mean of all rows ("mean").
+    """
+    if init_from == "scratch":
+        return GPT(GPTConfig(vocab_size=VOCAB_SIZE, dropout=dropout, **scratch))
+    gpt = GPT.from_pretrained(init_from, dropout)
+    if gpt.config.vocab_size == EOS + 1:
+        gpt.grow_vocab(VOCAB_SIZE, init_row=encode("<<")[0] if new_token_init == "copy" else None)
+    elif gpt.config.vocab_size != VOCAB_SIZE:
+        raise ValueError(f"{init_from}: vocabulary of {gpt.config.vocab_size} tokens; expected GPT-2's "
+                         f"{EOS + 1}, or {VOCAB_SIZE} with the latent tokens")
+    return gpt
 
 
 # -----------------------------------------------------------------------------------------------------------

@@ -193,7 +193,8 @@ def train_phase(cfg, data, device, autocast, rank, world):
         gpt = load_gpt(cfg["init_from"], cfg["new_token_init"], cfg["dropout"],
                        **{k: cfg[k] for k in ("n_layer", "n_head", "n_embd") if cfg["init_from"] == "scratch"})
     gpt.to(device)
-    model = Coconut(torch.compile(gpt) if cfg["compile"] else gpt, feedback=curriculum.feedback)
+    # Sequence lengths change with every batch and pass: compile once for dynamic shapes, not once per size.
+    model = Coconut(torch.compile(gpt, dynamic=True) if cfg["compile"] else gpt, feedback=curriculum.feedback)
     eval_model = Coconut(gpt, feedback=curriculum.feedback)  # uncompiled: generation shapes vary
     decode_step = eval_model.compiled_step() if cfg["compile"] else None
     optimizer = make_optimizer(gpt.parameters(), cfg, device)
