@@ -66,7 +66,9 @@ def main():
 
     torch.manual_seed(0)
     gpt = load_gpt("scratch", n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd).to(device)
-    train_model = Coconut(torch.compile(gpt, dynamic=True) if args.compile else gpt)  # as train.py compiles it
+    if args.compile:
+        gpt.compile_blocks()  # as train.py compiles it
+    train_model = Coconut(gpt)
     plain = Coconut(train_model.gpt, feedback=False)
     records = load_dataset("gsm8k", "test", data_dir=args.data_dir if Path(args.data_dir).is_dir() else None)
     cur = Curriculum(c_thought=2, max_latent_stage=3)  # the GSM8k preset: 6 thoughts at the final stage

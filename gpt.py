@@ -58,26 +58,16 @@ class KVCache:
 
     def __init__(self, config, batch_size, max_len, device=None, dtype=None):
         shape = (batch_size, config.n_head, max_len, config.n_embd // config.n_head)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.valid = torch.zeros(batch_size, max_len, device=device, dtype=torch.bool)
+        # Per layer, its (keys, values), each (B, nh, L, hd).
+        self.layers = [(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+                       for _ in range(config.n_layer)]
+        self.valid = torch.zeros(batch_size, max_len, device=device, dtype=torch.bool)  # (B, L)
         # Fixed addresses let CUDA graphs (torch.compile's "reduce-overhead") update the cache in place.
-        for t in (*self.k, *self.v, self.valid):
+        for t in (*(t for kv in self.layers for t in kv), self.valid):
             torch._dynamo.mark_static_address(t)
 
-    def update(self, layer, input_pos, k, v):
-        """Write k, v (B, nh, T, hd) at columns input_pos (T,); return the layer's keys, values (B, nh, L, hd)."""
-        self.k[layer] = _write(self.k[layer], 2, input_pos, k)
-        self.v[layer] = _write(self.v[layer], 2, input_pos, v)
-        return self.k[layer], self.v[layer]
 
-    def update_valid(self, input_pos, valid):
-        """Mark columns input_pos real (True) or padding (False) for rows (B, T); return all columns' (B, L)."""
-        self.valid = _write(self.valid, 1, input_pos, valid)
-        return self.valid
-
-
-def _write(t, dim, index, values):
+def write(t, dim, index, values):
     """t with `values` at `index` along `dim`: in place, so that addresses stay fixed for CUDA graphs, unless
     autograd is recording; then out of place, since every earlier pass keeps what it read for its backward."""
     return t.index_copy(dim, index, values) if torch.is_grad_enabled() else t.index_copy_(dim, index, values)
@@ -85,23 +75,24 @@ def _write(t, dim, index, values):
 
 class CausalSelfAttention(nn.Module):
 
-    def __init__(self, config, layer):
+    def __init__(self, config):
         super().__init__()
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head, self.dropout, self.layer = config.n_head, config.dropout, layer
+        self.n_head, self.dropout = config.n_head, config.dropout
 
-    def forward(self, x, attn_mask, cache, input_pos):
+    def forward(self, x, attn_mask, kv=None, input_pos=None):
+        """With kv, this layer's cached (keys, values): write this block's at columns input_pos, attend to all."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
-        if cache is not None:
-            k, v = cache.update(self.layer, input_pos, k, v)  # (B, nh, L, hd)
+        if kv is not None:
+            kv = k, v = write(kv[0], 2, input_pos, k), write(kv[1], 2, input_pos, v)  # (B, nh, L, hd)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(y)), kv
 
 
 class MLP(nn.Module):
@@ -118,16 +109,17 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
 
-    def __init__(self, config, layer):
+    def __init__(self, config):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5)
-        self.attn = CausalSelfAttention(config, layer)
+        self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask, cache, input_pos):
-        x = x + self.attn(self.ln_1(x), attn_mask, cache, input_pos)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x, attn_mask, kv=None, input_pos=None):
+        a, kv = self.attn(self.ln_1(x), attn_mask, kv, input_pos)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), kv
 
 
 class GPT(nn.Module):
@@ -139,7 +131,7 @@ class GPT(nn.Module):
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, eps=1e-5),
         ))
         self.apply(self._init_weights)
@@ -171,8 +163,10 @@ class GPT(nn.Module):
             pos = (input_pos if cache is not None else torch.arange(T, device=x.device)).expand(B, T)
         x = self.transformer.drop(x + self.transformer.wpe(pos))
         attn_mask = self._attention_mask(mask, cache, input_pos, B, T, x.device)
-        for block in self.transformer.h:
-            x = block(x, attn_mask, cache, input_pos)
+        for layer, block in enumerate(self.transformer.h):
+            x, kv = block(x, attn_mask, cache.layers[layer] if cache is not None else None, input_pos)
+            if cache is not None:
+                cache.layers[layer] = kv
         return self.transformer.ln_f(x)
 
     def _attention_mask(self, mask, cache, input_pos, B, T, device):
@@ -183,13 +177,20 @@ class GPT(nn.Module):
             valid, q_col = mask, torch.arange(T, device=device)
         else:
             new_valid = mask if mask is not None else torch.ones(B, T, dtype=torch.bool, device=device)
-            valid, q_col = cache.update_valid(input_pos, new_valid), input_pos
+            cache.valid = write(cache.valid, 1, input_pos, new_valid)
+            valid, q_col = cache.valid, input_pos
         k_col = torch.arange(valid.size(1), device=device)
         causal = k_col <= q_col[:, None]  # (T, L)
         # A padding query may have no real key at all, and a softmax over nothing is NaN. Letting every query
         # see itself keeps it finite; real tokens see themselves anyway, so their results do not change.
         itself = k_col == q_col[:, None]
         return (causal & (valid[:, None, :] | itself))[:, None]
+
+    def compile_blocks(self):
+        """torch.compile each block for dynamic shapes. The blocks share their code, so it compiles once for all
+        layers, and the lengths that change with every batch and latent pass do not recompile it."""
+        for block in self.transformer.h:
+            block.compile(dynamic=True)
 
     def logits(self, h):
         """The LM head, tied to the token embedding: (..., C) -> (..., vocab_size)."""

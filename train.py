@@ -193,10 +193,10 @@ def train_phase(cfg, data, device, autocast, rank, world):
         gpt = load_gpt(cfg["init_from"], cfg["new_token_init"], cfg["dropout"],
                        **{k: cfg[k] for k in ("n_layer", "n_head", "n_embd") if cfg["init_from"] == "scratch"})
     gpt.to(device)
-    # Sequence lengths change with every batch and pass: compile once for dynamic shapes, not once per size.
-    model = Coconut(torch.compile(gpt, dynamic=True) if cfg["compile"] else gpt, feedback=curriculum.feedback)
-    eval_model = Coconut(gpt, feedback=curriculum.feedback)  # uncompiled: generation shapes vary
-    decode_step = eval_model.compiled_step() if cfg["compile"] else None
+    if cfg["compile"]:
+        gpt.compile_blocks()
+    model = Coconut(gpt, feedback=curriculum.feedback)
+    decode_step = model.compiled_step() if cfg["compile"] else None
     optimizer = make_optimizer(gpt.parameters(), cfg, device)
     if latest.exists():
         optimizer.load_state_dict(torch.load(latest / "optimizer.pt", map_location=device, weights_only=True))
@@ -249,7 +249,7 @@ def train_phase(cfg, data, device, autocast, rank, world):
                     return None
         seconds = time.time() - t0
         loss_sum, n_micro_done, n_tokens, n_sequences = (sum(x) for x in zip(*gather([(loss_sum.item(), n_micro_done, n_tokens, n_sequences)])))
-        results = evaluate(eval_model, valid, curriculum, stage, cfg["max_new_tokens"], cfg["eval_batch_size"],
+        results = evaluate(model, valid, curriculum, stage, cfg["max_new_tokens"], cfg["eval_batch_size"],
                            with_loss=True, step=decode_step, device=device, autocast=autocast, progress=True)
         metrics = dict(epoch=epoch, stage=stage, train_loss=loss_sum / max(n_micro_done, 1),
                        val_loss=results["loss"], val_accuracy=results["accuracy"], val_mean_tokens=results["mean_tokens"],
