@@ -62,6 +62,19 @@ def setup(device="auto", dtype="auto"):
     return device, autocast, rank, world
 
 
+@contextlib.contextmanager
+def one_line_errors():
+    """Bad flags, data or checkpoints end the program with one line and exit status 1, never a traceback;
+    the process group, if any, is left cleanly either way."""
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def print0(*args, **kwargs):
     if int(os.environ.get("RANK", 0)) == 0:
         print(*args, **kwargs, flush=True)
@@ -381,7 +394,7 @@ def analysis_table(rows):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
+    with one_line_errors():
         from train import CURRICULUM_FIELDS, load_state
         run, state = load_state(Path(args.ckpt)) if args.ckpt else ({}, {})
         cfg = resolve_config(args, run, state)
@@ -415,11 +428,6 @@ def main(argv=None):
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
             print0(f"wrote {args.out}")
-    except (ValueError, OSError) as e:  # bad flags, data or checkpoints: one line, no traceback
-        sys.exit(f"error: {e}")
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch.distributed as dist
 
 from coconut import Coconut, load_gpt
 from data import Curriculum, METHODS, collate, load_dataset, tokenize
-from eval import evaluate, gather, print0, progress_bar, setup
+from eval import evaluate, gather, one_line_errors, print0, progress_bar, setup
 
 # The paper's recipes (SPEC §5), and the offline demo. Any value can be overridden by the flag of that name.
 DEFAULTS = dict(
@@ -180,7 +179,7 @@ def train_phase(cfg, data, device, autocast, rank, world):
     curriculum = Curriculum(**{k: cfg[k] for k in CURRICULUM_FIELDS if k in cfg})
     latest = out_dir / "latest"
     if latest.exists():
-        saved_cfg, state = load_state(latest)
+        _, state = load_state(latest)
         if not cfg["resume"]:
             raise ValueError(f"{out_dir} holds a run already: pass --resume to continue it, or another --out_dir")
         if state["epoch"] >= cfg["epochs"]:
@@ -275,12 +274,12 @@ def train_phase(cfg, data, device, autocast, rank, world):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
+    with one_line_errors():
         cfg = resolve_config(args)
         if cfg["resume"] and not any(Path(cfg["out_dir"]).glob("**/latest")):  # a run's phases each have a latest
             raise ValueError(f"--resume: no run in {cfg['out_dir']}")
         device, autocast, rank, world = setup(cfg["device"], cfg["dtype"])
-        print0(f"device {device}, {world} process(es), {'bf16 autocast' if cfg['dtype'] != 'float32' and device.type == 'cuda' else 'float32'}")
+        print0(f"device {device}, {world} process(es), {'bf16 autocast' if isinstance(autocast, torch.autocast) else 'float32'}")
         split_sizes = {"train": cfg["train_examples"], "valid": cfg["val_examples"], "test": None}
         records = {split: load_dataset(cfg["dataset"], split, cfg.get("data_dir"), cfg.get("cache_dir"))[:n]
                    for split, n in split_sizes.items()}
@@ -301,19 +300,14 @@ def main(argv=None):
             print0("no epoch reached the final stage: testing the latest checkpoint instead of the best")
             best = best.parent / "latest"
         run, state = load_state(best)
-        model = Coconut(load_gpt(best).to(device), feedback=Curriculum(**{k: run[k] for k in CURRICULUM_FIELDS}).feedback)
         curriculum = Curriculum(**{k: run[k] for k in CURRICULUM_FIELDS})
+        model = Coconut(load_gpt(best).to(device), feedback=curriculum.feedback)
         results = evaluate(model, records["test"], curriculum, state["stage"], cfg["max_new_tokens"], cfg["eval_batch_size"],
                            device=device, autocast=autocast, progress=True)
         if rank == 0:
             (Path(cfg["out_dir"]) / "test.json").write_text(json.dumps(results, indent=1) + "\n")
         print0(f"test accuracy {results['accuracy']:.4f} ({results['n']} examples, best checkpoint of epoch "
                f"{state['epoch'] - 1}, stage {state['stage']}), mean tokens {results['mean_tokens']:.1f}")
-    except (ValueError, OSError) as e:  # bad flags, data or checkpoints: one line, no traceback
-        sys.exit(f"error: {e}")
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
