@@ -1,16 +1,17 @@
 """
 Data for Coconut: the GPT-2 tokenizer with three latent tokens, the three datasets of the paper
-(GSM8k-Aug, ProntoQA, ProsQA), and a generator of ProsQA-style questions small enough to train on a CPU.
+(GSM8k-Aug, ProntoQA, ProsQA), a generator of ProsQA-style questions (the paper's Algorithm 1), and the
+"synthetic" questions of the offline default, small enough to train on a CPU.
 
 Every dataset is a list of records {"question": str, "steps": [str, ...], "answer": str} (SPEC.md §1, §7);
 ProsQA records also carry their graph (idx_to_symbol, edges, root, target, neg_target).
 
 Check a split (downloads into ~/.cache/coconut, or $COCONUT_DATA_DIR, on first use):
     python data.py --dataset gsm8k --split test
-    python data.py --dataset prosqa --split valid --data_dir ../shared/data/prosqa
+    python data.py --dataset prosqa --split valid --data_dir DIR
 Generate ProsQA-style questions and compare their graphs with the paper's:
     python data.py --generate paper --n 500 --seed 0 --out prosqa_paper.json
-    python data.py --generate small --n 8000 --seed 0 --out prosqa_small.json
+    python data.py --generate small --n 8000 --seed 0 --out prosqa_small.json   # or: large
 """
 import argparse
 import functools
@@ -85,7 +86,7 @@ SOURCES = {
 }
 DATASETS = ("gsm8k", "prosqa", "prontoqa", "synthetic")
 SPLITS = ("train", "valid", "test")
-SYNTHETIC_SPLITS = {"train": (8000, 1), "valid": (200, 2), "test": (500, 3)}  # split -> (records, seed)
+SYNTHETIC_SPLITS = {"train": (3000, 1), "valid": (200, 2), "test": (500, 3)}  # split -> (records, seed)
 PRONTOQA_HELP = ("ProntoQA has no hosted copy: generate it with the ProntoQA authors' generator "
                  "(github.com/asaparov/prontoqa; 5 hops, fictional ontology, random ordering) "
                  "and pass the folder holding {filename} as --data_dir")
@@ -135,7 +136,9 @@ def load_dataset(name, split, data_dir=None, cache_dir=None):
         raise DataError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
     if name == "synthetic":
         n, seed = SYNTHETIC_SPLITS[split]
-        return generate_prosqa(n, seed, SMALL)
+        if split == "train":
+            return generate_ontology(n, seed)
+        return generate_ontology(n, seed, exclude={r["question"] for r in load_dataset(name, "train")})
     filename = f"{split}.txt" if name == "gsm8k" else f"{name}_{split}.json"
     if data_dir is not None:
         path = Path(data_dir) / filename
@@ -239,21 +242,37 @@ class GraphSettings:
 
     nodes: int  # nodes grown (Algorithm 1's N), before unused ones are dropped
     mean_parents: float  # Poisson mean of a new node's number of parents
+    depth_weight: float = 1.5  # a candidate parent of depth d is drawn with weight d*depth_weight + 1
+    max_children: int = 0  # a node with this many children is no longer a candidate parent (0: no limit)
     min_hops: int = 3  # shortest path from the entity to the answer, at least
     max_edges: int = 1000  # larger graphs are drawn again (keeps questions short)
     min_neg_hops: int = 1  # shortest path from the other person to the wrong option, at least
+    names: str = "nonce"  # concept names: "nonce" (made-up, several tokens each) or "words" (WORDS, one token each)
 
 
 # PAPER: 26 grown nodes leave about 23 once the unused ones are dropped; 2000 graphs measure 23.3 nodes,
 # 34.8 edges, 3.79 hops, 1.46 shortest paths (python data.py --generate paper --n 2000).
 PAPER = GraphSettings(nodes=26, mean_parents=1.5)
-# SMALL, for a tiny model trained on a CPU: short questions, fewer parents per node spend the edge budget
-# on chains rather than on shortcuts. The wrong option is as deep in the other person's family as the
-# answer nearly is in the asked one's: otherwise "the option another person directly is" gives it away.
-SMALL = GraphSettings(nodes=10, mean_parents=1.2, max_edges=10, min_neg_hops=2)
+# SMALL: short questions whose every step has one answer: each concept has one child, so the path from the
+# entity is a chain (3.6 hops on average) among other people's chains. The wrong option is at least as far
+# from its person as the answer usually is: otherwise "the option another person directly is" gives it away.
+SMALL = GraphSettings(nodes=10, mean_parents=1.0, depth_weight=6, max_children=1, max_edges=10, min_neg_hops=3,
+                      names="words")
+
+# LARGE: longer searches; 2000 graphs measure 35.3 nodes, 55.8 edges, 4.43 hops, 1.57 shortest paths.
+LARGE = GraphSettings(nodes=40, mean_parents=1.5)
 
 PEOPLE = ("Tom", "Alex", "Bob", "Max", "Sam", "Ann", "Eve", "Jack", "Kate", "Lily", "Mia", "Leo",
           "Ben", "Zoe", "Nina", "Paul", "Rose", "Sara", "Tim", "Amy", "Dan", "Fay", "Gus", "Ivy")
+
+
+# Short English nouns that GPT-2 encodes as one token after a space (" cat"), for small graphs' concepts: a tiny
+# model from scratch then learns to follow chains rather than to spell made-up words, and sequences are short.
+WORDS = tuple("""cat dog cow pig fox owl bee ant bat ram hen yak ape rat frog bird fish bear wolf lion deer duck goat
+    seal crab moth hawk crow worm mouse horse sheep tiger camel snake whale shark eagle goose squid trout raven bull
+    calf pony slug snail tuna clam rabbit monkey donkey turtle spider pigeon tree rose leaf seed bush palm oak pine
+    moss vine corn rice bean nut apple pear plum lemon grape peach cherry mango onion carrot car bus train ship boat
+    plane truck bike cart van taxi wagon rocket cup bowl fork knife spoon pot pan jar box bag hat coat shoe""".split())
 
 
 @functools.lru_cache(maxsize=None)
@@ -271,19 +290,21 @@ def _poisson(rng, mean):
     return k
 
 
-def _grow_dag(rng, n, mean_parents):
+def _grow_dag(rng, settings):
     """Algorithm 1: edges (parent, child) in the order the children were added, and each node's label."""
-    edges, labels, depth = [], [1, 2], [0, 0]
+    edges, labels, depth, n_children = [], [1, 2], [0, 0], [0, 0]
     groups = {0: [], 1: [0], 2: [1], 3: []}
-    for node in range(2, n):
-        n_parents, r = _poisson(rng, mean_parents), rng.random()
+    for node in range(2, settings.nodes):
+        n_parents, r = _poisson(rng, settings.mean_parents), rng.random()
         if r <= 0.35:
             candidates = groups[0] + groups[1]  # cannot descend from node 1
         elif r <= 0.7:
             candidates = groups[0] + groups[2]  # cannot descend from node 0
         else:
             candidates = list(range(node))
-        weights = [depth[c] * 1.5 + 1 for c in candidates]
+        if settings.max_children:
+            candidates = [c for c in candidates if n_children[c] < settings.max_children]
+        weights = [depth[c] * settings.depth_weight + 1 for c in candidates]
         parents = []
         for _ in range(min(n_parents, len(candidates))):  # weighted draws without replacement
             i = rng.choices(range(len(candidates)), weights)[0]
@@ -293,7 +314,9 @@ def _grow_dag(rng, n, mean_parents):
         for p in parents:
             edges.append((p, node))
             label |= labels[p]
+            n_children[p] += 1
         labels.append(label)
+        n_children.append(0)
         groups[label].append(node)
         depth.append(max((depth[p] + 1 for p in parents), default=0))
     return edges, labels
@@ -314,7 +337,7 @@ def bfs(children, root):
 
 def _prosqa_record(rng, settings):
     """One question in the ProsQA schema, or None when this graph cannot make one."""
-    edges, labels = _grow_dag(rng, settings.nodes, settings.mean_parents)
+    edges, labels = _grow_dag(rng, settings)
     if len(edges) > settings.max_edges:
         return None
     used = sorted({v for edge in edges for v in edge})
@@ -351,7 +374,7 @@ def _prosqa_record(rng, settings):
         return None
     names = dict(zip(people, rng.sample(PEOPLE, len(people))))
     concepts = [v for v in range(len(used)) if has_parent[v]]
-    names.update(zip(concepts, rng.sample(nonce_words(), len(concepts))))
+    names.update(zip(concepts, rng.sample(nonce_words() if settings.names == "nonce" else WORDS, len(concepts))))
     symbols = [names[v] for v in range(len(used))]
 
     def sentence(a, b):
@@ -385,6 +408,71 @@ def generate_prosqa(n, seed, settings=PAPER):
         record = _prosqa_record(rng, settings)
         if record is not None:
             records.append(record)
+    return records
+
+
+# The offline default's questions. A tiny GPT from scratch does not learn to look facts up in its context within
+# minutes on a CPU (measured: the loss of the looked-up concept stays at chance for 4000 steps), but it does learn
+# facts it is taught. So every question here is cut from one fixed is-a forest of ONTOLOGY_SIZE concepts, in
+# ProsQA's format (its facts are in the question too): "Tom is a X", "Every X is a P", "Every P is a Q" make Tom
+# a Q, three hops, next to a chain "Every Y is a Y1", "Every Y1 is a Y2" that leads to the wrong option. There is
+# one person, so that finding Tom's fact is not yet another lookup by content. Held-out questions are new
+# combinations of person, chains and order, not new facts: a model can answer them from what it learned of X.
+ONTOLOGY_SIZE, ONTOLOGY_TOPS, ONTOLOGY_HOPS = 48, 4, 3
+
+
+def _chain(parent, x):
+    """x and its ancestors up to ONTOLOGY_HOPS - 1 levels up: the concepts of a question's steps."""
+    path = [x]
+    while len(path) < ONTOLOGY_HOPS:
+        path.append(parent[path[-1]])
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def ontology():
+    """The fixed forest: each concept's parent (None for the tops), its name, and the concepts a question can
+    start from (those with ONTOLOGY_HOPS - 1 ancestors)."""
+    rng = random.Random(0)
+    parent, depth = [None] * ONTOLOGY_TOPS, [0] * ONTOLOGY_TOPS
+    for c in range(ONTOLOGY_TOPS, ONTOLOGY_SIZE):
+        p = rng.choices(range(c), [d + 1 for d in depth])[0]  # deeper parents are likelier: long chains
+        parent.append(p)
+        depth.append(depth[p] + 1)
+    names = rng.sample(WORDS, ONTOLOGY_SIZE)
+    return parent, names, [c for c in range(ONTOLOGY_SIZE) if depth[c] >= ONTOLOGY_HOPS - 1]
+
+
+def generate_ontology(n, seed, exclude=frozenset()):
+    """n three-hop questions from the fixed ontology, none of whose questions is in exclude (held-out splits
+    exclude the training questions); the same seed gives the same records."""
+    parent, names, starts = ontology()
+    rng = random.Random(seed)
+    records = []
+    while len(records) < n:
+        mine = _chain(parent, rng.choice(starts))
+        ancestors, top = set(mine), mine[-1]
+        while parent[top] is not None:
+            top = parent[top]
+            ancestors.add(top)
+        theirs = _chain(parent, rng.choice(starts))
+        if ancestors & set(theirs):
+            continue  # the other chain's end must not be one of ours
+        person = rng.choice(PEOPLE)
+        symbols = [person] + [names[c] for c in mine + theirs]
+        edges = [[0, 1], [1, 2], [2, 3], [4, 5], [5, 6]]
+        facts = [f"{person} is a {symbols[b]}." if a == 0 else f"Every {symbols[a]} is a {symbols[b]}." for a, b in edges]
+        choices = [symbols[3], symbols[6]]
+        rng.shuffle(choices)
+        question = " ".join(rng.sample(facts, len(facts))) + f" Is {person} a {choices[0]} or {choices[1]}?"
+        if question in exclude:
+            continue
+        records.append({
+            "question": question,
+            "answer": f"{person} is a {symbols[3]}.",
+            "steps": facts[:3],
+            "idx_to_symbol": symbols, "edges": edges, "root": 0, "target": 3, "neg_target": 6,
+        })
     return records
 
 
@@ -488,6 +576,10 @@ class Curriculum:
         stage = epoch // self.epochs_per_stage
         # Every stage past max_latent_stage is the final one; icot's stages keep removing tokens.
         return self._fixed(stage if self.method == "icot" else min(stage, self.final_stage))
+
+    def is_final(self, stage):
+        """Whether a stage trains the method's final format: the checkpoints that compete for "best"."""
+        return self.method == "icot" or METHODS[self.method][0] != "curriculum" or stage >= self.final_stage
 
     def _fixed(self, stage):
         """The stage a method really uses: cot stays at 0, the "final" methods at the final stage."""
@@ -607,7 +699,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Check a Coconut dataset, or generate ProsQA-style data.")
     task = parser.add_mutually_exclusive_group(required=True)
     task.add_argument("--dataset", choices=DATASETS, help="dataset to load, check and summarize")
-    task.add_argument("--generate", choices=("paper", "small"), help="generate ProsQA-style records with these graph settings")
+    task.add_argument("--generate", choices=("paper", "small", "large"), help="generate ProsQA-style records with these graph settings")
     parser.add_argument("--split", default="valid", choices=SPLITS, help="split of --dataset")
     parser.add_argument("--data_dir", help="read the split's file from this folder (original file names), no download")
     parser.add_argument("--cache_dir", help="download cache (default $COCONUT_DATA_DIR or ~/.cache/coconut)")
@@ -621,7 +713,7 @@ def main(argv=None):
         if args.dataset:
             records = load_dataset(args.dataset, args.split, args.data_dir, args.cache_dir)
         else:
-            records = generate_prosqa(args.n, args.seed, PAPER if args.generate == "paper" else SMALL)
+            records = generate_prosqa(args.n, args.seed, {"paper": PAPER, "small": SMALL, "large": LARGE}[args.generate])
             if args.out:
                 Path(args.out).write_text(json.dumps(records))
                 print(f"wrote {len(records)} records to {args.out}")

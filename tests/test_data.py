@@ -259,7 +259,7 @@ def check_prosqa(record):
     dist = data.bfs(children, root)[0]
 
     def sentence(a, b):
-        return f"{symbols[a]} is a {symbols[b]}." if a not in has_parent else f"Every {symbols[a]} is a {symbols[b]}."
+        return f"{symbols[a]} is a {symbols[b]}." if symbols[a][0].isupper() else f"Every {symbols[a]} is a {symbols[b]}."
 
     facts, question = record["question"].rsplit(". ", 1)
     # The question states every edge once, in any order, and asks about the root with both candidates.
@@ -318,17 +318,33 @@ def test_synthetic_splits():
     assert not any(r["question"] in train for r in splits["valid"] + splits["test"])  # distinct seeds
 
 
-def test_small_questions_are_short_and_multi_hop():
-    records = [r for split in synthetic().values() for r in split]
+def test_small_graphs_are_short_chains():
+    records = data.generate_prosqa(300, seed=1, settings=data.SMALL)
     assert all(check_prosqa(r) >= data.SMALL.min_hops >= 3 for r in records)
     lengths = [len(ids) for ids in data.tokenizer().encode_ordinary_batch([r["question"] for r in records])]
     assert max(lengths) < 128
-    assert max(len(r["edges"]) for r in records) <= data.SMALL.max_edges
-    for r in records:  # the wrong option is no person's direct child: no 1-hop shortcut to the answer
+    for r in records:
+        assert len(r["edges"]) <= data.SMALL.max_edges
         parents = {b: set() for _, b in r["edges"]}
         for a, b in r["edges"]:
             parents[b].add(a)
-        assert 1 - r["root"] not in parents[r["neg_target"]]
+        assert 1 - r["root"] not in parents[r["neg_target"]]  # the wrong option is no other person's direct child
+        sources = [a for a, _ in r["edges"]]
+        assert len(sources) == len(set(sources))  # one child each: every step has one answer
+
+
+def test_synthetic_questions_come_from_one_ontology():
+    records = [r for split in synthetic().values() for r in split]
+    assert all(check_prosqa(r) == data.ONTOLOGY_HOPS == 3 for r in records)
+    assert all(sum(s[0].isupper() for s in r["idx_to_symbol"]) == 1 for r in records)  # one person: Tom
+    parent = {}
+    for r in records:  # a concept has the same parent in every question
+        for a, b in r["edges"]:
+            if a > 0:
+                assert parent.setdefault(r["idx_to_symbol"][a], r["idx_to_symbol"][b]) == r["idx_to_symbol"][b]
+    assert len(parent) < data.ONTOLOGY_SIZE
+    lengths = [len(ids) for ids in data.tokenizer().encode_ordinary_batch([r["question"] for r in records])]
+    assert max(lengths) < 64
 
 
 def test_cli_generate(tmp_path):
