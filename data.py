@@ -136,9 +136,8 @@ def load_dataset(name, split, data_dir=None, cache_dir=None):
         raise DataError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
     if name == "synthetic":
         n, seed = SYNTHETIC_SPLITS[split]
-        if split == "train":
-            return generate_ontology(n, seed)
-        return generate_ontology(n, seed, exclude={r["question"] for r in load_dataset(name, "train")})
+        exclude = set() if split == "train" else {r["question"] for r in load_dataset(name, "train")}
+        return generate_ontology(n, seed, exclude)
     filename = f"{split}.txt" if name == "gsm8k" else f"{name}_{split}.json"
     if data_dir is not None:
         path = Path(data_dir) / filename

@@ -46,7 +46,7 @@ def setup(device="auto", dtype="auto"):
     """(device, autocast context, rank, world size); joins the process group when started by torchrun."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if device == "auto":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:  # "cuda": this process's GPU under torchrun
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

@@ -63,7 +63,7 @@ class KVCache:
                        for _ in range(config.n_layer)]
         self.valid = torch.zeros(batch_size, max_len, device=device, dtype=torch.bool)  # (B, L)
         # Fixed addresses let CUDA graphs (torch.compile's "reduce-overhead") update the cache in place.
-        for t in (*(t for kv in self.layers for t in kv), self.valid):
+        for t in [t for kv in self.layers for t in kv] + [self.valid]:
             torch._dynamo.mark_static_address(t)
 
 

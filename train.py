@@ -256,7 +256,8 @@ def train_phase(cfg, data, device, autocast, rank, world):
         if device.type == "cuda":  # model FLOPs utilisation of the training steps, against the GPU's bf16 peak
             metrics["mfu"] = gpt.mfu(n_tokens / seconds / world, n_tokens / max(n_sequences, 1), device)
         state.update(epoch=epoch + 1, step=0, stage=stage)
-        improved = curriculum.is_final(stage) and (state["best_accuracy"] is None or results["accuracy"] > state["best_accuracy"])
+        best_accuracy = state["best_accuracy"]
+        improved = curriculum.is_final(stage) and (best_accuracy is None or results["accuracy"] > best_accuracy)
         if improved:
             state["best_accuracy"] = results["accuracy"]
         if rank == 0:

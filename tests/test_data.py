@@ -315,7 +315,7 @@ def test_synthetic_splits():
     splits = synthetic()
     assert {s: len(r) for s, r in splits.items()} == {s: n for s, (n, _) in data.SYNTHETIC_SPLITS.items()}
     train = {r["question"] for r in splits["train"]}
-    assert not any(r["question"] in train for r in splits["valid"] + splits["test"])  # distinct seeds
+    assert not any(r["question"] in train for r in splits["valid"] + splits["test"])  # held out: never trained on
 
 
 def test_small_graphs_are_short_chains():
