@@ -1,8 +1,8 @@
 """
 Speed and memory of Coconut's exact loop, each measured against a reference run in the same process.
 
-    python bench.py                                   # CPU, float32: GPT-2 small shapes, batch 8
-    python bench.py --device cuda --compile           # GPU: bf16 autocast, torch.compile, batch 32
+    python bench.py                                   # CPU, float32: GPT-2 small shapes
+    python bench.py --device cuda --compile           # GPU: bf16 autocast, torch.compile
 
 The model has GPT-2 small's shapes (124M parameters, random weights: speed does not depend on them) and the
 batches are real GSM8k-Aug test records at the final stage of the paper's GSM8k recipe (6 thoughts).
@@ -25,22 +25,26 @@ from data import Curriculum, collate, load_dataset, tokenize
 from eval import setup
 
 
-def timed(fn, device, repeat):
-    """Median seconds of fn() over `repeat` runs after two warm-ups (compilation), and the peak CUDA memory of one run."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    fn()
-    times = []
+def timed(fns, device, repeat, warmup):
+    """Median seconds of each of fns over `repeat` rounds in which they take turns (a drift in the machine's speed
+    then touches all alike), after `warmup` rounds (compilation); and the peak CUDA memory of each."""
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times, peaks = [[] for _ in fns], [None for _ in fns]
     for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return sorted(times)[len(times) // 2], peak
+        for i, fn in enumerate(fns):
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+                peaks[i] = torch.cuda.max_memory_allocated() / 2**30
+            times[i].append(time.perf_counter() - t0)
+    return [(sorted(t)[len(t) // 2], peak) for t, peak in zip(times, peaks)]
 
 
 def main():
@@ -48,7 +52,9 @@ def main():
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="auto: bf16 on GPUs that have it")
     p.add_argument("--compile", action="store_true", help="torch.compile the training model and the decode step")
-    p.add_argument("--batch_size", type=int, help="training and generation batch (default 32 on a GPU, 8 on a CPU)")
+    p.add_argument("--batch_size", type=int,
+                   help="training batch (default 32 on a GPU; 16 on a CPU, where the naive step at 32 needs over 24 GiB)")
+    p.add_argument("--gen_batch_size", type=int, default=32, help="generation batch")
     p.add_argument("--n_layer", type=int, default=12, help="model depth (GPT-2 small: 12)")
     p.add_argument("--n_head", type=int, default=12, help="attention heads (GPT-2 small: 12)")
     p.add_argument("--n_embd", type=int, default=768, help="model width (GPT-2 small: 768)")
@@ -59,7 +65,8 @@ def main():
     args = p.parse_args()
     device, autocast, _, _ = setup(args.device, args.dtype)
     cuda = device.type == "cuda"
-    B = args.batch_size or (32 if cuda else 8)
+    B, G = args.batch_size or (32 if cuda else 16), args.gen_batch_size
+    warmup = 2 if args.compile else 1  # compilation, then the recording of CUDA graphs
     n_naive = args.naive_examples or (8 if cuda else 2)
 
     torch.manual_seed(0)
@@ -70,8 +77,8 @@ def main():
     plain = Coconut(train_model.gpt, feedback=False)
     records = load_dataset("gsm8k", "test", data_dir=args.data_dir)
     cur = Curriculum(c_thought=2, max_latent_stage=3)  # the GSM8k preset: 6 thoughts at the final stage
-    tokenized, _ = tokenize(records[:B], max_latents=6)
-    batch = collate([cur.example(t, cur.final_stage) for t in tokenized]).to(device)
+    tokenized, _ = tokenize(records[:max(B, G)], max_latents=6)
+    batch = collate([cur.example(t, cur.final_stage) for t in tokenized[:B]]).to(device)
     tokens = int(batch.mask.sum())
 
     def step(model):
@@ -89,14 +96,13 @@ def main():
         gpt.zero_grad(set_to_none=True)
 
     gpt.train()
-    t_coconut, mem_coconut = timed(step(train_model), device, args.repeat)
-    t_plain, mem_plain = timed(step(plain), device, args.repeat)
-    t_naive, mem_naive = timed(naive_step, device, args.repeat)
+    (t_coconut, mem_coconut), (t_plain, mem_plain), (t_naive, mem_naive) = timed(
+        [step(train_model), step(plain), naive_step], device, args.repeat, warmup)
 
     gpt.eval()
     gen_model = Coconut(gpt)
     decode_step = gen_model.compiled_step() if args.compile else None
-    prompts = [cur.prompt(t, cur.final_stage) for t in tokenized]
+    prompts = [cur.prompt(t, cur.final_stage) for t in tokenized[:G]]
     prompt_batch = collate(prompts, align_ends=True).to(device)
     outputs = {}
 
@@ -108,8 +114,8 @@ def main():
         with torch.no_grad(), autocast:
             outputs["naive"] = [naive_generate(gpt, e, args.max_new_tokens) for e in prompts[:n_naive]]
 
-    t_gen, mem_gen = timed(generate, device, args.repeat)
-    t_gen_naive, _ = timed(generate_naive, device, 1)
+    [(t_gen, mem_gen)] = timed([generate], device, args.repeat, warmup)
+    [(t_gen_naive, _)] = timed([generate_naive], device, 1, 0)
     agree = sum(a == b for a, b in zip(outputs["batched"].tokens, outputs["naive"]))
 
     def mib(m):
@@ -123,12 +129,13 @@ def main():
     print(f"\n{name}, {'bf16 autocast' if isinstance(autocast, torch.autocast) else 'float32'}"
           f"{', torch.compile' if args.compile else ''}; model {args.n_layer}x{args.n_embd} "
           f"({sum(p.numel() for p in gpt.parameters()) / 1e6:.0f}M); batch {B} x {batch.ids.shape[1]} columns "
-          f"({tokens} tokens, 6 thoughts); torch {torch.__version__}\n")
+          f"({tokens} tokens, 6 thoughts); generation batch {G} x {prompt_batch.ids.shape[1]} columns; "
+          f"torch {torch.__version__}\n")
     rows = [
         ("training step: Coconut, 6 thoughts", f"{t_coconut * 1e3:,.0f} ms", per_s(t_coconut), mib(mem_coconut)),
         ("training step: plain LM, same tokens", f"{t_plain * 1e3:,.0f} ms", per_s(t_plain), mib(mem_plain)),
         ("training step: naive recomputation", f"{t_naive * 1e3:,.0f} ms", per_s(t_naive), mib(mem_naive)),
-        (f"generation: batch {B}, KV cache", f"{t_gen * 1e3:,.0f} ms", f"{B / t_gen:.2f} examples/s", mib(mem_gen)),
+        (f"generation: batch {G}, KV cache", f"{t_gen * 1e3:,.0f} ms", f"{G / t_gen:.2f} examples/s", mib(mem_gen)),
         (f"generation: batch 1, no cache ({n_naive} ex.)", f"{t_gen_naive * 1e3:,.0f} ms", f"{n_naive / t_gen_naive:.2f} examples/s", "-"),
     ]
     print("| measurement | time | throughput | peak memory |\n|---|---|---|---|")
@@ -137,7 +144,7 @@ def main():
           f"| latent overhead: Coconut step / plain step | {t_coconut / t_plain:.2f} |\n"
           f"| cache speed-up: naive step / Coconut step | {t_naive / t_coconut:.2f} |\n"
           f"| generation speed-up: batched cached / batch-1 naive, examples per second | "
-          f"{(B / t_gen) / (n_naive / t_gen_naive):.1f} |\n"
+          f"{(G / t_gen) / (n_naive / t_gen_naive):.1f} |\n"
           f"| batched outputs identical to batch-1 naive ones | {agree} of {n_naive} |")
     if not cuda:
         print(f"\npeak resident memory of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
