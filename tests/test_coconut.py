@@ -122,14 +122,24 @@ def test_compiled_generation_matches_and_does_not_recompile(model, records):
 
 
 def test_compiled_training_matches_eager(tiny_gpt2_dir, records):
-    """train.py --compile: the cached loop under torch.compile, backward included, as eager computes it."""
+    """train.py --compile: the cached loop under torch.compile, backward included, as eager computes it, and
+    compiled once for every batch shape."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
     torch.manual_seed(0)
+    torch._dynamo.reset()
+    counters.clear()
     gpt = load_gpt(str(tiny_gpt2_dir))  # dropout 0.1 in training mode, as train.py runs it
     gpt.compile_blocks()
     compiled = Coconut(gpt).train()
     batches = [collate(mixed_examples(records, c)) for c in (1, 2)]
+    assert batches[0].ids.shape != batches[1].ids.shape and batches[0].max_latents != batches[1].max_latents
+    graphs = []
     for batch in batches:  # shapes change from batch to batch; autograd must find what it saved intact
         compiled(batch).mean().backward()
+        graphs.append(counters["stats"]["unique_graphs"])
+    # One graph for each kind of pass (prefix, thought, rest) and the plain pass, whatever the lengths.
+    assert graphs[0] <= 4 and graphs[1] == graphs[0], graphs
     assert all(torch.isfinite(p.grad).all() for p in gpt.parameters())
     for m in gpt.modules():  # dropout off: now compiled and eager must agree
         if isinstance(m, torch.nn.Dropout):
