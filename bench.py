@@ -60,7 +60,7 @@ def main():
     p.add_argument("--n_embd", type=int, default=768, help="model width (GPT-2 small: 768)")
     p.add_argument("--max_new_tokens", type=int, default=64, help="generation budget (the GSM8k preset's)")
     p.add_argument("--naive_examples", type=int, help="examples decoded one by one without cache (default 8 GPU, 2 CPU)")
-    p.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (the median is reported)")
+    p.add_argument("--repeat", type=int, default=3, help="timed rounds, the measurements taking turns (each reports its median)")
     p.add_argument("--data_dir", help="folder with GSM8k-Aug's test.txt (default: downloaded once into the cache)")
     args = p.parse_args()
     device, autocast, _, _ = setup(args.device, args.dtype)
