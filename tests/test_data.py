@@ -336,7 +336,7 @@ def test_small_graphs_are_short_chains():
 def test_synthetic_questions_come_from_one_ontology():
     records = [r for split in synthetic().values() for r in split]
     assert all(check_prosqa(r) == data.ONTOLOGY_HOPS == 3 for r in records)
-    assert all(sum(s[0].isupper() for s in r["idx_to_symbol"]) == 1 for r in records)  # one person: Tom
+    assert all(sum(s[0].isupper() for s in r["idx_to_symbol"]) == 1 for r in records)  # one person per question
     parent = {}
     for r in records:  # a concept has the same parent in every question
         for a, b in r["edges"]:
