@@ -21,8 +21,8 @@ import time
 import torch
 
 from coconut import Coconut, load_gpt, naive_forward, naive_generate
+from common import setup
 from data import Curriculum, collate, load_dataset, tokenize
-from eval import setup
 
 
 def timed(fns, device, repeat, warmup):
@@ -71,10 +71,8 @@ def main():
 
     torch.manual_seed(0)
     gpt = load_gpt("scratch", n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd).to(device)
-    if args.compile:
-        gpt.compile_blocks()  # as train.py compiles it
     train_model = Coconut(gpt)
-    plain = Coconut(train_model.gpt, feedback=False)
+    plain = Coconut(gpt, feedback=False)
     records = load_dataset("gsm8k", "test", data_dir=args.data_dir)
     cur = Curriculum(c_thought=2, max_latent_stage=3)  # the GSM8k preset: 6 thoughts at the final stage
     tokenized, _ = tokenize(records[:max(B, G)], max_latents=6)
@@ -96,8 +94,9 @@ def main():
         gpt.zero_grad(set_to_none=True)
 
     gpt.train()
+    coconut_step, plain_step = (step(m.compiled() if args.compile else m) for m in (train_model, plain))
     (t_coconut, mem_coconut), (t_plain, mem_plain), (t_naive, mem_naive) = timed(
-        [step(train_model), step(plain), naive_step], device, args.repeat, warmup)
+        [coconut_step, plain_step, naive_step], device, args.repeat, warmup)
 
     gpt.eval()
     gen_model = Coconut(gpt)

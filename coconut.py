@@ -48,7 +48,7 @@ class Coconut(nn.Module):
         """Cross-entropy (N,) of each supervised token of a collated batch, and the thoughts (B, n, C) on request."""
         gpt = self.gpt
         B, T = batch.ids.shape
-        embeds = gpt.transformer.wte(batch.ids)  # (B, T, C)
+        embeds = gpt.embed(batch.ids)  # (B, T, C)
         n, L0 = (batch.max_latents, batch.first_latent) if self.feedback else (0, T)
         thoughts = []
         if n == 0:  # no thought to wait for: one pass over everything
@@ -73,7 +73,7 @@ class Coconut(nn.Module):
             h = torch.cat(hs, dim=1)  # (B, T, C)
         # The LM head only where a next token is supervised: most positions are question, latents or padding.
         logits = gpt.logits(h.flatten(0, 1)[batch.target_idx])  # (N, vocab)
-        losses = F.cross_entropy(logits.float(), batch.targets, reduction="none")
+        losses = F.cross_entropy(logits.float(), gpt.rows(batch.targets), reduction="none")
         return (losses, torch.cat(thoughts, dim=1) if thoughts else h[:, :0]) if return_thoughts else losses
 
     @torch.no_grad()
@@ -98,7 +98,7 @@ class Coconut(nn.Module):
         tokens[:, :T] = batch.ids
         h = gpt(batch.ids[:, :L0], pos=batch.pos[:, :L0], mask=batch.mask[:, :L0], cache=cache,
                 input_pos=torch.arange(L0, device=device))[:, -1].contiguous()  # (B, C) hidden state of column L0-1
-        next_token = gpt.logits(h).argmax(-1)  # (B,)
+        next_token = gpt.ids(gpt.logits(h).argmax(-1))  # (B,)
         columns = torch.arange(L, device=device)  # step inputs are slices of it: no host-to-device copy per step
         n_generated = torch.zeros(B, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)  # reached EOS
@@ -131,9 +131,14 @@ class Coconut(nn.Module):
 
     def decode_step(self, h, token, is_thought, pos, input_pos, cache):
         """One column for every row: input a thought (h) or a token; return the new h (B, C) and greedy token."""
-        x = torch.where(is_thought[:, None], h, self.gpt.transformer.wte(token))[:, None]  # (B, 1, C)
+        x = torch.where(is_thought[:, None], h, self.gpt.embed(token))[:, None]  # (B, 1, C)
         h = self.gpt(embeds=x, pos=pos, cache=cache, input_pos=input_pos)[:, 0]
-        return h, self.gpt.logits(h).argmax(-1)
+        return h, self.gpt.ids(self.gpt.logits(h).argmax(-1))
+
+    def compiled(self, backend="inductor"):
+        """forward under torch.compile, for training: every pass of the loop in one graph, so that AOTAutograd makes
+        one forward and one backward graph for each number of thoughts, whatever the lengths (dynamic shapes)."""
+        return compile_loss(self, backend)
 
     def compiled_step(self):
         """decode_step under torch.compile; on CUDA with CUDA graphs, since every step has the same shapes."""
@@ -141,16 +146,26 @@ class Coconut(nn.Module):
         return torch.compile(self.decode_step, mode=mode, fullgraph=True)
 
 
-def load_gpt(init_from, new_token_init="copy", dropout=0.1, **scratch):
-    """The GPT of a Coconut model, its vocabulary holding the three latent tokens (SPEC §1).
+def compile_loss(module, backend="inductor"):
+    """A Coconut, or DistributedDataParallel around one, whose forward (the training loss) runs compiled; under
+    DistributedDataParallel the compiler cuts the graph at gradient buckets, so reductions overlap the backward."""
+    return torch.compile(module, fullgraph=True, dynamic=True, backend=backend)
 
-    init_from: a GPT-2 name, a Hugging Face GPT-2 directory, a checkpoint of ours, or "scratch" (with
-    GPTConfig fields in `scratch`). A plain GPT-2 gets <bot>, <eot> and <latent> appended, each initialised
-    as a copy of the embedding of "<<" (new_token_init="copy") or as the mean of all rows ("mean").
+
+def load_gpt(init_from, new_token_init="copy", dropout=0.1, tokens=None, **scratch):
+    """The GPT of a Coconut model, its vocabulary holding the three latent tokens (paper §3).
+
+    init_from: a GPT-2 name, a Hugging Face GPT-2 directory, a checkpoint of ours, or "scratch" (GPTConfig
+    fields in `scratch`; `tokens`: the token ids it needs rows for, else all of VOCAB_SIZE). A plain GPT-2
+    gets <bot>, <eot> and <latent> appended, each initialised as a copy of the embedding of "<<"
+    (new_token_init="copy", the authors' code since August 2025) or as the mean of all rows ("mean").
     """
     if init_from == "scratch":
-        return GPT(GPTConfig(vocab_size=VOCAB_SIZE, dropout=dropout, **scratch))
+        vocab = dict(vocab_size=len(tokens), tokens=list(tokens)) if tokens is not None else dict(vocab_size=VOCAB_SIZE)
+        return GPT(GPTConfig(dropout=dropout, **vocab, **scratch))
     gpt = GPT.from_pretrained(init_from, dropout)
+    if gpt.config.tokens is not None:  # a model from scratch with a vocabulary of its own, latent tokens included
+        return gpt
     if gpt.config.vocab_size == EOS + 1:
         gpt.grow_vocab(VOCAB_SIZE, init_row=encode("<<")[0] if new_token_init == "copy" else None)
     elif gpt.config.vocab_size != VOCAB_SIZE:
@@ -165,30 +180,31 @@ def load_gpt(init_from, new_token_init="copy", dropout=0.1, **scratch):
 
 def naive_forward(gpt, batch):
     """Per-token losses like Coconut.forward, recomputing the whole prefix for every latent column."""
-    embeds = gpt.transformer.wte(batch.ids)  # (B, T, C)
+    embeds = gpt.embed(batch.ids)  # (B, T, C)
     for p in range(batch.max_latents):
         col = batch.first_latent + p
         h = gpt(embeds=embeds[:, :col], pos=batch.pos[:, :col], mask=batch.mask[:, :col])[:, -1:]
         x = torch.where((batch.n_latents > p)[:, None, None], h, embeds[:, col:col + 1])
         embeds = torch.cat([embeds[:, :col], x, embeds[:, col + 1:]], dim=1)
     h = gpt(embeds=embeds, pos=batch.pos, mask=batch.mask)
-    return F.cross_entropy(gpt.logits(h.flatten(0, 1)[batch.target_idx]).float(), batch.targets, reduction="none")
+    logits = gpt.logits(h.flatten(0, 1)[batch.target_idx])  # (N, vocab)
+    return F.cross_entropy(logits.float(), gpt.rows(batch.targets), reduction="none")
 
 
 def naive_generate(gpt, example, max_new_tokens, feedback=True):
     """Greedy decoding of one prompt (a data.Example), recomputing the whole sequence for every position."""
-    embeds = gpt.transformer.wte(torch.tensor([example.ids], device=gpt.transformer.wte.weight.device))
+    embeds = gpt.embed(torch.tensor([example.ids], device=gpt.transformer.wte.weight.device))  # (1, T, C)
     for p in range(example.n_latents if feedback else 0):
         col = example.first_latent + p
         thought = gpt(embeds=embeds[:, :col])[:, -1:]
         embeds = torch.cat([embeds[:, :col], thought, embeds[:, col + 1:]], dim=1)
     out = []
     for _ in range(max_new_tokens):
-        token = gpt.logits(gpt(embeds=embeds)[:, -1]).argmax(-1)  # (1,)
+        token = gpt.ids(gpt.logits(gpt(embeds=embeds)[:, -1]).argmax(-1))  # (1,)
         out.append(token.item())
         if out[-1] == EOS:
             break
-        embeds = torch.cat([embeds, gpt.transformer.wte(token)[:, None]], dim=1)
+        embeds = torch.cat([embeds, gpt.embed(token)[:, None]], dim=1)
     return out
 
 

@@ -1,7 +1,7 @@
 """
 Evaluate a checkpoint, or any GPT-2, on a dataset split: accuracy, the paper's token counts, time per
-example (SPEC §6), and the paper's looks inside the thoughts (SPEC §9). train.py uses the same `evaluate`
-for its validation accuracy.
+example (§4.4, Table 1), and the paper's looks inside the thoughts (§4.4 and §5). train.py uses the same
+`evaluate` for its validation accuracy.
 
     python eval.py --ckpt out/prosqa-coconut/best            # its dataset, method and stage, on the test split
     python eval.py --ckpt out/prosqa-coconut/best --loss --out test.json
@@ -11,15 +11,13 @@ for its validation accuracy.
     torchrun --nproc_per_node=8 eval.py --ckpt out/gsm8k-coconut/coconut/best   # examples sharded over the GPUs
 
 A checkpoint carries its dataset, method, stage and thoughts per step (run.json, state.json); flags override
-them. With --init_from the dataset's recipe in train.py's PRESETS stands in for the run's config.
+them. With --init_from the dataset's recipe (recipes.py) stands in for the run's config.
 """
 import argparse
 import contextlib
 import functools
 import json
-import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -27,72 +25,19 @@ import torch
 import torch.distributed as dist
 
 from coconut import Coconut, load_gpt
-from data import METHODS, SPLITS, Curriculum, Example, bfs, collate, decode, encode, load_dataset, tokenize
+from common import gather, load_state, one_line_errors, parse_bool, print0, progress_bar, setup
+from data import METHODS, SPLITS, Example, collate, decode, encode, load_dataset, tokenize
+from recipes import DEFAULT_DATASET, DEFAULTS, PRESETS, curriculum as curriculum_of
+from synthetic import bfs
 
 
 def extract_answer(text):
-    """What follows the last '#', without commas: "<<3*4=12>>\\n### 1,200" -> "1200" (SPEC §6)."""
+    """What follows the last '#', without commas: "<<3*4=12>>\\n### 1,200" -> "1200" (the authors' rule)."""
     return text.split("#")[-1].replace(",", "").strip()
 
 
 def is_correct(output, answer):
     return extract_answer(output) == answer.replace(",", "").strip()
-
-
-# -----------------------------------------------------------------------------------------------------------
-# Devices, precision and processes: one code path for a CPU, a GPU, and N GPUs (or CPU processes) under torchrun
-
-def setup(device="auto", dtype="auto"):
-    """(device, autocast context, rank, world size); joins the process group when started by torchrun."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:  # "cuda": this process's GPU under torchrun
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
-    if dtype == "auto":  # bf16 where the GPU supports it, float32 everywhere else
-        dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    autocast = (torch.autocast(device.type, dtype=getattr(torch, dtype)) if dtype != "float32"
-                else contextlib.nullcontext())
-    return device, autocast, rank, world
-
-
-@contextlib.contextmanager
-def one_line_errors():
-    """Bad flags, data or checkpoints end the program with one line and exit status 1, never a traceback;
-    the process group, if any, is left cleanly either way."""
-    try:
-        yield
-    except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def print0(*args, **kwargs):
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(*args, **kwargs, flush=True)
-
-
-def gather(items):
-    """All ranks' lists, concatenated on every rank (a no-op in one process)."""
-    if not dist.is_initialized():
-        return items
-    parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, items)
-    return [x for part in parts for x in part]
-
-
-def progress_bar(iterable, desc):
-    """A progress bar on rank 0's terminal."""
-    from tqdm import tqdm
-    return tqdm(iterable, desc=desc, leave=False, disable=int(os.environ.get("RANK", 0)) != 0)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -102,7 +47,7 @@ def progress_bar(iterable, desc):
 def evaluate(model, records, curriculum, stage, max_new_tokens, batch_size=32, num_latents=None,
              with_loss=False, step=None, device="cpu", autocast=contextlib.nullcontext(), progress=False,
              probe_topk=0):
-    """Greedy-decode every record's prompt at a stage; accuracy, mean tokens, time per example (SPEC §6).
+    """Greedy-decode every record's prompt at a stage; accuracy, mean tokens, time per example.
 
     Records are sharded over the ranks of a process group and the results gathered. num_latents forces
     that many thoughts; with_loss adds the loss of the stage's training sequences, the mean over all their
@@ -112,6 +57,8 @@ def evaluate(model, records, curriculum, stage, max_new_tokens, batch_size=32, n
     model.eval()
     max_latents = curriculum.max_latent_stage * curriculum.c_thought if num_latents is None else num_latents
     tokenized, kept = tokenize(records, max_latents=max_latents)
+    check_vocabulary(model.gpt, [t.question + [x for step in t.steps for x in step] + t.answer for t in tokenized],
+                     [f"record {i}" for i in kept])
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     # Similar lengths batch well: prompts sorted by length, longest first, so the first batch shows the peak memory.
     mine = sorted(range(rank, len(kept), world), key=lambda i: -len(tokenized[i].question))
@@ -120,22 +67,13 @@ def evaluate(model, records, curriculum, stage, max_new_tokens, batch_size=32, n
     for start in progress_bar(batches, "eval") if progress else batches:
         chunk = mine[start:start + batch_size]
         prompts = [curriculum.prompt(tokenized[i], stage, num_latents) for i in chunk]
-        batch = collate(prompts, align_ends=True).to(device)
         t0 = time.perf_counter()
-        with autocast:
-            out = model.generate(batch, max_new_tokens, step=step)
+        answers = answer(model, prompts, max_new_tokens, step, device, autocast, probe_topk)
         seconds += time.perf_counter() - t0
-        for i, ids, n_tokens in zip(chunk, out.tokens, out.n_tokens):
+        for i, a in zip(chunk, answers):
             record = records[kept[i]]
-            output = decode(ids, skip_special=True)
-            results.append(dict(idx=kept[i], answer=record["answer"], prediction=extract_answer(output),
-                                correct=is_correct(output, record["answer"]), n_tokens=n_tokens,
-                                generated_ids=ids, output=output))
-        if probe_topk:  # out.thoughts holds none without feedback: pause tokens are no thoughts
-            with autocast:
-                decoded = decode_thoughts(model.gpt, out.thoughts, [p.n_latents for p in prompts], probe_topk)
-            for result, thoughts in zip(results[-len(chunk):], decoded):
-                result["thoughts"] = thoughts
+            results.append(dict(idx=kept[i], answer=record["answer"], prediction=extract_answer(a["output"]),
+                                correct=is_correct(a["output"], record["answer"]), **a))
         if with_loss:
             train_batch = collate([curriculum.example(tokenized[i], stage) for i in chunk]).to(device)
             with autocast:
@@ -150,13 +88,52 @@ def evaluate(model, records, curriculum, stage, max_new_tokens, batch_size=32, n
                 skipped=len(records) - len(kept), examples=results)
 
 
+@torch.no_grad()
+def answer(model, prompts, max_new_tokens, step=None, device="cpu", autocast=contextlib.nullcontext(), probe_topk=0):
+    """Greedy answers to prompts (data.Example), in one batch: for each, the output text, the generated ids,
+    the paper's token count (thoughts + generated tokens before EOS), and with probe_topk the decoded thoughts."""
+    batch = collate(prompts, align_ends=True).to(device)
+    with autocast:
+        out = model.generate(batch, max_new_tokens, step=step)
+    answers = [dict(output=decode(ids, skip_special=True), n_tokens=n, generated_ids=ids)
+               for ids, n in zip(out.tokens, out.n_tokens)]
+    if probe_topk:  # out.thoughts holds none without feedback: pause tokens are no thoughts
+        with autocast:
+            decoded = decode_thoughts(model.gpt, out.thoughts, [p.n_latents for p in prompts], probe_topk)
+        for a, thoughts in zip(answers, decoded):
+            a["thoughts"] = thoughts
+    return answers
+
+
+def ask(model, question, curriculum, stage, max_new_tokens, num_latents=None, probe_topk=5, device="cpu",
+        autocast=contextlib.nullcontext()):
+    """A question of one's own: the model's answer, and what each of its thoughts decodes to."""
+    [tokenized], _ = tokenize([dict(question=question, steps=[], answer="")])
+    check_vocabulary(model.gpt, [tokenized.question], ["the question"])
+    [a] = answer(model.eval(), [curriculum.prompt(tokenized, stage, num_latents)], max_new_tokens, None, device,
+                 autocast, probe_topk)
+    return dict(question=question, prediction=extract_answer(a["output"]), **a)
+
+
+def check_vocabulary(gpt, sequences, names):
+    """A clear error if a sequence of ids holds one that a model with a vocabulary of its own has no row for."""
+    if gpt.config.tokens is None:
+        return
+    for ids, name in zip(sequences, names):
+        unknown = gpt.unknown(ids)
+        if unknown:
+            raise ValueError(f"{name}: {', '.join(repr(decode([i])) for i in unknown[:5])} not in this model's "
+                             f"vocabulary (a model from scratch knows only the tokens of its dataset)")
+
+
 # -----------------------------------------------------------------------------------------------------------
-# Looking inside (SPEC §9): what a thought decodes to, and what the thoughts of a ProsQA question explore
+# Looking inside (§4.4, §5): what a thought decodes to, and what the thoughts of a ProsQA question explore
 
 def decode_thoughts(gpt, thoughts, counts, k):
     """The LM head's top-k tokens for each thought: per row, its first counts[row] thoughts of (B, n, C),
     each a list [{"token": str, "p": float}, ...] from the most probable down."""
-    p, ids = gpt.logits(thoughts).float().softmax(-1).topk(k, dim=-1)  # (B, n, k) each
+    p, rows = gpt.logits(thoughts).float().softmax(-1).topk(k, dim=-1)  # (B, n, k) each
+    ids = gpt.ids(rows)
     return [[[dict(token=decode([t]), p=q) for t, q in zip(row_ids, row_p)]
              for row_ids, row_p in zip(ids[b, :count].tolist(), p[b, :count].tolist())]
             for b, count in enumerate(counts)]
@@ -212,7 +189,7 @@ def classify_prosqa(output, record):
 
 @torch.no_grad()
 def frontier_values(model, record, curriculum, k, device="cpu", autocast=contextlib.nullcontext()):
-    """The value of each frontier node after k thoughts (SPEC §9): the nodes k hops from the root, each with
+    """The value of each frontier node after k thoughts (§5.3): the nodes k hops from the root, each with
     the probability of its name where the next step would name it, "<eot>Every terpus is a ...": the
     product of the name's token probabilities after `question <bot> [thought] x k <eot>Every`.
     """
@@ -246,7 +223,7 @@ def prosqa_analysis(model, records, curriculum, max_new_tokens, batch_size=32, s
     """
     if not all("edges" in r for r in records):
         raise ValueError("--prosqa_analysis needs ProsQA records with their graphs (idx_to_symbol, edges, root, "
-                         "target, neg_target): --dataset prosqa or synthetic")
+                         "target, neg_target): --dataset prosqa or ontology")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     rows = []
     for k in range(curriculum.max_latent_stage * curriculum.c_thought + 1):
@@ -302,7 +279,6 @@ def plot_prosqa(rows, plot_dir):
 # Command line
 
 def parse_args(argv=None):
-    from train import parse_bool  # here, not at the top: train.py imports this file
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     a = p.add_argument
@@ -310,7 +286,7 @@ def parse_args(argv=None):
     model.add_argument("--ckpt", help="a checkpoint directory of train.py (out/<run>/best): its model, dataset, method and stage")
     model.add_argument("--init_from", help="a GPT-2 name (gpt2, gpt2-medium, ...) or Hugging Face GPT-2 folder, untrained for Coconut")
     a("--new_token_init", default="copy", choices=("copy", "mean"), help="with --init_from: new token embeddings copy '<<' or are the mean row")
-    a("--dataset", help="gsm8k, prosqa, prontoqa or synthetic (default: the checkpoint's, else synthetic)")
+    a("--dataset", help=f"{', '.join(PRESETS)} (default: the checkpoint's, else {DEFAULT_DATASET})")
     a("--data_dir", help="read the dataset's files from this folder instead of the download cache")
     a("--cache_dir", help="where downloaded datasets are kept (default $COCONUT_DATA_DIR or ~/.cache/coconut)")
     a("--split", default="test", choices=SPLITS, help="split to evaluate")
@@ -330,15 +306,15 @@ def parse_args(argv=None):
     a("--out", help="write the results, every example and the settings to this JSON file")
     a("--probe", action="store_true", help="decode every continuous thought with the LM head: top tokens and probabilities")
     a("--probe_topk", type=int, default=5, help="with --probe: tokens listed per thought")
-    a("--prosqa_analysis", action="store_true", help="instead: SPEC §9 on ProsQA, output classes and frontier values for k = 0..max thoughts")
+    a("--question", help="instead: answer this question of one's own, and decode each of its thoughts")
+    a("--prosqa_analysis", action="store_true", help="instead: the paper's §5 on ProsQA, output classes and frontier values for k = 0..max thoughts")
     a("--plot_dir", help="with --prosqa_analysis: draw prosqa_classes.png and prosqa_values.png here (needs matplotlib)")
     return p.parse_args(argv)
 
 
 def resolve_config(args, run, state):
     """Defaults, then the dataset's preset, then the checkpoint's run, then the flags given: the settings used."""
-    from train import DEFAULTS, PRESETS
-    dataset = args.dataset or run.get("dataset", "synthetic")
+    dataset = args.dataset or run.get("dataset", DEFAULT_DATASET)
     if dataset not in PRESETS:
         raise ValueError(f"unknown dataset {dataset!r}: choose from {', '.join(PRESETS)}")
     given = {k: v for k, v in vars(args).items() if v is not None}
@@ -353,8 +329,8 @@ def resolve_config(args, run, state):
     for key in ("stage", "num_latents"):
         if cfg.get(key) is not None and cfg[key] < 0:
             raise ValueError(f"--{key} must be at least 0, got {cfg[key]}")
-    if (args.num_latents is not None or args.prosqa_analysis) and not METHODS[cfg["method"]][1]:
-        with_latents = ", ".join(m for m, spec in METHODS.items() if spec[1])
+    if (args.num_latents is not None or args.prosqa_analysis) and not METHODS[cfg["method"]].latents:
+        with_latents = ", ".join(m for m, spec in METHODS.items() if spec.latents)
         raise ValueError(f"method {cfg['method']} has no latents to force (--num_latents, --prosqa_analysis): "
                          f"use one of {with_latents}")
     return cfg
@@ -372,13 +348,21 @@ def summary_table(results):
             f"{'loss':<12}{loss}"]
 
 
-def probe_table(examples):
-    """The decoded thoughts of a few examples, one line per thought."""
+def thought_lines(thoughts, steps=(), c_thought=1):
+    """One line per decoded thought: its top tokens and their probabilities, and the written step it stands for."""
+    lines = []
+    for j, top in enumerate(thoughts):
+        step = f"   (step {j // c_thought + 1}: {steps[j // c_thought]!r})" if j // c_thought < len(steps) else ""
+        lines.append(f"  thought {j + 1}: " + "  ".join(f"{t['token']!r} {t['p']:.3f}" for t in top) + step)
+    return lines or ["  (no continuous thoughts)"]
+
+
+def probe_table(examples, records, c_thought):
+    """The decoded thoughts of a few examples, each next to the step of the record that it replaced."""
     lines = []
     for e in examples:
         lines.append(f"example {e['idx']}: answer {e['answer']!r}, predicted {e['prediction']!r}")
-        lines += [f"  thought {j + 1}: " + "  ".join(f"{t['token']!r} {t['p']:.3f}" for t in thought)
-                  for j, thought in enumerate(e["thoughts"])] or ["  (no continuous thoughts)"]
+        lines += thought_lines(e["thoughts"], records[e["idx"]]["steps"], c_thought)
     return lines
 
 
@@ -395,17 +379,23 @@ def analysis_table(rows):
 def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
-        from train import CURRICULUM_FIELDS, load_state
         run, state = load_state(Path(args.ckpt)) if args.ckpt else ({}, {})
         cfg = resolve_config(args, run, state)
-        curriculum = Curriculum(**{k: cfg[k] for k in CURRICULUM_FIELDS})
+        curriculum = curriculum_of(cfg)
         device, autocast, rank, world = setup(cfg["device"], cfg["dtype"])
         gpt = load_gpt(args.ckpt or args.init_from, args.new_token_init, dropout=0.0)  # a broken one fails before a download
         model = Coconut(gpt.to(device), feedback=curriculum.feedback)
-        records = load_dataset(cfg["dataset"], cfg["split"], cfg["data_dir"], cfg["cache_dir"])[:cfg.get("max_examples")]
         step = model.compiled_step() if args.compile else None
         settings = {**{k: cfg.get(k) for k in SETTINGS}, "device": str(device)}
         run_args = dict(step=step, device=device, autocast=autocast)
+        if args.question:
+            out = dict(ask(model, args.question, curriculum, cfg["stage"], cfg["max_new_tokens"], args.num_latents,
+                           cfg["probe_topk"], device, autocast), settings=settings)
+            print0(f"question: {out['question']}")
+            print0("\n".join(thought_lines(out["thoughts"])))
+            print0(f"answer: {out['prediction']!r} ({out['n_tokens']} tokens: {out['output']!r})")
+            return write_out(args.out, out, rank)
+        records = load_dataset(cfg["dataset"], cfg["split"], cfg["data_dir"], cfg["cache_dir"])[:cfg.get("max_examples")]
         print0(f"{cfg['model']} on {cfg['dataset']} {cfg['split']} ({len(records)} records): {cfg['method']}, "
                f"stage {cfg['stage']}, c_thought {cfg['c_thought']}, max_latent_stage {cfg['max_latent_stage']}, "
                f"device {device}, {world} process(es)")
@@ -423,11 +413,16 @@ def main(argv=None):
             out["settings"] = settings
             print0("\n".join(summary_table(out)))
             if args.probe:
-                print0("\n".join(probe_table(out["examples"][:3])))
-        if args.out and rank == 0:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-            print0(f"wrote {args.out}")
+                print0("\n".join(probe_table(out["examples"][:3], records, cfg["c_thought"])))
+        write_out(args.out, out, rank)
+
+
+def write_out(path, out, rank):
+    """The results as JSON, from rank 0."""
+    if path and rank == 0:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(out, indent=1) + "\n")
+        print0(f"wrote {path}")
 
 
 if __name__ == "__main__":

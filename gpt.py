@@ -3,7 +3,7 @@ GPT-2, computing exactly what Hugging Face's GPT2LMHeadModel computes, in one fi
 
 Coconut asks three things of the language model beyond a plain forward pass:
   - inputs given as embeddings, so that a hidden state can stand where a token embedding would
-    (`forward(embeds=...)`);
+    (`forward(embeds=...)`, `embed`);
   - the final hidden states, after ln_f, apart from the LM head (`forward` returns them, `logits` is the
     head), so that the head only runs where a loss or a next token needs it;
   - a KV cache, so that each continuous thought costs one position instead of a pass over the prefix.
@@ -33,6 +33,7 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.1     # GPT-2's embedding, attention and residual dropout
+    tokens: list = None      # a vocabulary of its own: row i of the embedding is token id tokens[i] (None: id i)
 
 
 # The four GPT-2 checkpoints, all on the Hugging Face Hub as openai-community/<name>.
@@ -62,9 +63,11 @@ class KVCache:
         self.layers = [(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
                        for _ in range(config.n_layer)]
         self.valid = torch.zeros(batch_size, max_len, device=device, dtype=torch.bool)  # (B, L)
-        # Fixed addresses let CUDA graphs (torch.compile's "reduce-overhead") update the cache in place.
-        for t in [t for kv in self.layers for t in kv] + [self.valid]:
-            torch._dynamo.mark_static_address(t)
+        # Fixed addresses let CUDA graphs (torch.compile's "reduce-overhead") update the cache in place. A cache
+        # made inside a compiled training step is part of that step's graph instead, written out of place.
+        if not torch.compiler.is_compiling():
+            for t in [t for kv in self.layers for t in kv] + [self.valid]:
+                torch._dynamo.mark_static_address(t)
 
 
 def write(t, dim, index, values):
@@ -134,6 +137,13 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, eps=1e-5),
         ))
+        if config.tokens is not None:
+            # A model trained from scratch needs rows only for the tokens its data uses: the LM head then costs
+            # a few dozen rows instead of 50,260 for each supervised token. Ids stay GPT-2's outside the model.
+            ids = torch.tensor(config.tokens)
+            rows = torch.full((int(ids.max()) + 1,), -1).index_copy(0, ids, torch.arange(len(ids)))
+            self.register_buffer("row_ids", ids, persistent=False)  # (V,) the token id of each row
+            self.register_buffer("id_rows", rows, persistent=False)  # (max id + 1,) the row of each id, -1: none
         self.apply(self._init_weights)
         # GPT-2 scales the projections into the residual stream by 1/sqrt(2 n_layer): they add up over 2 n_layer sublayers.
         for name, p in self.named_parameters():
@@ -157,7 +167,7 @@ class GPT(nn.Module):
         cache, input_pos: write this block's keys and values at cache columns input_pos (T,) and attend
         to the whole cache up to each query's column.
         """
-        x = self.transformer.wte(idx) if embeds is None else embeds
+        x = self.embed(idx) if embeds is None else embeds
         B, T, _ = x.shape
         if pos is None:
             pos = (input_pos if cache is not None else torch.arange(T, device=x.device)).expand(B, T)
@@ -186,15 +196,27 @@ class GPT(nn.Module):
         itself = k_col == q_col[:, None]
         return (causal & (valid[:, None, :] | itself))[:, None]
 
-    def compile_blocks(self):
-        """torch.compile each block for dynamic shapes. The blocks share their code, so it compiles once for all
-        layers, and the lengths that change with every batch and latent pass do not recompile it."""
-        for block in self.transformer.h:
-            block.compile(dynamic=True)
+    def embed(self, ids):
+        """Token ids (...) -> their embeddings (..., C)."""
+        return self.transformer.wte(self.rows(ids))
 
     def logits(self, h):
-        """The LM head, tied to the token embedding: (..., C) -> (..., vocab_size)."""
+        """The LM head, tied to the token embedding: (..., C) -> (..., vocab_size), one score for each row."""
         return F.linear(h, self.transformer.wte.weight)
+
+    def rows(self, ids):
+        """Token ids -> rows of the embedding and the logits (the same but for a vocabulary of its own)."""
+        return ids if self.config.tokens is None else self.id_rows[ids]
+
+    def ids(self, rows):
+        """Rows of the embedding and the logits -> token ids."""
+        return rows if self.config.tokens is None else self.row_ids[rows]
+
+    def unknown(self, ids):
+        """The ids among `ids` that this model has no row for (none for a model of the whole vocabulary)."""
+        if self.config.tokens is None:
+            return [i for i in set(ids) if not 0 <= i < self.config.vocab_size]
+        return sorted(set(ids) - set(self.config.tokens))
 
     def grow_vocab(self, vocab_size, init_row=None):
         """Add rows to the tied embedding, each a copy of row `init_row`, or the mean of the old rows if None."""

@@ -1,66 +1,50 @@
 """
-Curriculum training of Coconut and the paper's baselines (SPEC §4, §5) on a CPU, one GPU, or many.
+Curriculum training of Coconut and the paper's baselines (Table 1) on a CPU, one GPU, or many.
 
-    python train.py                                  # offline demo: a tiny GPT from scratch on synthetic
-                                                     # ProsQA-style questions, every stage, minutes on a CPU
+    python train.py                                  # the offline default: a tiny GPT from scratch learns the
+                                                     # shell game through every stage, minutes on a CPU
     python train.py --dataset prosqa                 # the paper's ProsQA recipe on GPT-2
     python train.py --dataset gsm8k                  # CoT phase, then Coconut from its best epoch
-    python train.py --dataset prosqa --method cot    # any method of SPEC §4
+    python train.py --dataset prosqa --method cot    # any method of the paper's Table 1
     torchrun --nproc_per_node=8 train.py --dataset gsm8k
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py --dataset gsm8k
     python train.py --dataset prosqa --resume        # continue the run in --out_dir exactly
 
-A run writes into --out_dir: metrics.jsonl (a line per epoch), the checkpoints `latest` and `best` (by
-validation accuracy at the final stage), and test.json (the best checkpoint on the test split). A
-checkpoint is a directory: model.safetensors and model.json (the GPT), run.json (this run's whole
-config), state.json (where the curriculum stands) and optimizer.pt. Everything random in a run (data
-order, stage mixing, dropout) is a function of (seed, epoch, step), so that position resumes it exactly.
+A run writes into --out_dir: metrics.jsonl (a line per epoch) and metrics.png (its picture, with matplotlib),
+the checkpoints `latest` and `best` (by validation accuracy at the final stage; see common.py), and test.json
+(the best checkpoint on the test split). Everything random in a run (data order, stage mixing, dropout) is a
+function of (seed, epoch, step, sequence), so that a checkpoint's position resumes it exactly.
+
+The loss of a step is this project's definition, chosen to be the paper's whatever the hardware: the step's
+sequences, in order, form groups of --loss_group (32); the loss is the mean over groups of each group's mean
+token cross-entropy. The authors' 4 GPUs x 32 sequences compute exactly that (each GPU's token mean,
+averaged), and so do one GPU at 128, 8 GPUs x 16 or 2 CPU processes: --micro_batch_size only trades memory
+for speed. A step's sequences are split evenly over the processes, each one's share into micro-batches.
 """
 import argparse
-import dataclasses
 import json
 import math
-import os
 import random
-import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
-from coconut import Coconut, load_gpt
-from data import Curriculum, METHODS, collate, load_dataset, tokenize
-from eval import evaluate, gather, one_line_errors, print0, progress_bar, setup
-
-# The paper's recipes (SPEC §5), and the offline demo. Any value can be overridden by the flag of that name.
-DEFAULTS = dict(
-    method="coconut", init_from="gpt2", new_token_init="copy", dropout=0.1,
-    lr=1e-4, weight_decay=0.01, beta1=0.9, beta2=0.999,
-    batch_size=128,          # sequences per optimizer step: 32 per GPU x 4 GPUs in the paper
-    micro_batch_size=32,     # sequences per forward; its loss is the mean over its tokens, as the authors'
-    reset_optimizer="epoch",  # the authors' code re-creates AdamW every epoch (the paper says every stage)
-    pad_latent_to_max=True, uniform_prob=0.0, icot_tokens_per_stage=8, start_epoch=0, cot_epochs=0,
-    eval_batch_size=64, train_examples=None, val_examples=None,
-)
-PRESETS = {
-    "gsm8k": dict(c_thought=2, max_latent_stage=3, epochs_per_stage=3, epochs=25, max_new_tokens=64,
-                  cot_epochs=25,   # first plain CoT; the method starts from its best epoch (the authors: epoch 6)
-                  start_epoch=3),  # ... at epoch 3, so that 3 epochs per stage give stage 1 right away
-    "prontoqa": dict(c_thought=1, max_latent_stage=6, epochs_per_stage=5, epochs=50, max_new_tokens=128),
-    "prosqa": dict(c_thought=1, max_latent_stage=6, epochs_per_stage=5, epochs=50, max_new_tokens=128),
-    # A tiny GPT from scratch on 3-hop questions from data.ontology(): through every stage on a 2-core CPU.
-    "synthetic": dict(init_from="scratch", n_layer=2, n_head=4, n_embd=128, dropout=0.0, lr=2e-3,
-                      c_thought=1, max_latent_stage=3, epochs_per_stage=2, epochs=10, max_new_tokens=32,
-                      batch_size=16, micro_batch_size=16),
-}
-CURRICULUM_FIELDS = [f.name for f in dataclasses.fields(Curriculum)]
+from coconut import Coconut, compile_loss, load_gpt
+from common import (gather, load_optimizer, load_state, on_every_rank, one_line_errors, parse_bool, prefetch, print0,
+                    progress_bar, save_checkpoint, setup)
+from data import METHODS, collate, load_dataset, tokenize, vocabulary
+from eval import evaluate
+from recipes import DEFAULT_DATASET, DEFAULTS, PRESETS, curriculum as curriculum_of
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     a = p.add_argument
-    a("--dataset", default="synthetic", choices=PRESETS, help="dataset, and with it the paper's recipe (default: the offline demo)")
+    a("--dataset", default=DEFAULT_DATASET, choices=PRESETS, help=f"dataset, and with it its recipe (default: {DEFAULT_DATASET}, offline)")
     a("--data_dir", help="read the dataset's files from this folder instead of downloading them")
     a("--cache_dir", help="where downloaded datasets are kept (default $COCONUT_DATA_DIR or ~/.cache/coconut)")
     a("--method", choices=METHODS, help="coconut, or a baseline or ablation of the paper's Table 1")
@@ -84,7 +68,8 @@ def parse_args(argv=None):
     a("--beta1", type=float, help="AdamW beta1")
     a("--beta2", type=float, help="AdamW beta2")
     a("--batch_size", type=int, help="sequences per optimizer step, over all processes")
-    a("--micro_batch_size", type=int, help="sequences per forward pass; gradients accumulate up to batch_size")
+    a("--micro_batch_size", type=int, help="most sequences per forward pass (memory); the loss does not depend on it")
+    a("--loss_group", type=int, help="the loss is the mean over groups of this many sequences of their token means")
     a("--reset_optimizer", choices=("epoch", "stage", "never"), help="re-create AdamW every epoch (the authors' code), every stage (the paper), or never")
     a("--max_new_tokens", type=int, help="greedy decoding budget in evaluation")
     a("--eval_batch_size", type=int, help="prompts per generation batch")
@@ -101,61 +86,58 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def parse_bool(s):
-    if s.lower() not in ("true", "false", "1", "0"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
-    return s.lower() in ("true", "1")
-
-
-def resolve_config(args):
+def resolve_config(args, world=1):
     """DEFAULTS, then the dataset's preset, then the flags given: the run's whole config, as a dict."""
     given = {k: v for k, v in vars(args).items() if v is not None}
     cfg = {**DEFAULTS, **PRESETS[args.dataset], **given}
     cfg.setdefault("out_dir", f"out/{cfg['dataset']}-{cfg['method']}")
     if cfg["method"] in ("cot", "no_cot"):
         cfg["cot_epochs"] = 0  # already CoT, or no use for it
-    for key in ("epochs", "batch_size", "micro_batch_size", "epochs_per_stage", "eval_batch_size", "max_new_tokens"):
+    for key in ("epochs", "batch_size", "micro_batch_size", "loss_group", "epochs_per_stage", "eval_batch_size",
+                "max_new_tokens"):
         if cfg[key] < 1:
             raise ValueError(f"--{key} must be at least 1, got {cfg[key]}")
     if not 0 <= cfg["uniform_prob"] <= 1:
         raise ValueError(f"--uniform_prob must be within [0, 1], got {cfg['uniform_prob']}")
-    if cfg["batch_size"] % cfg["micro_batch_size"]:
-        raise ValueError(f"--batch_size {cfg['batch_size']} is not a multiple of --micro_batch_size {cfg['micro_batch_size']}")
+    if cfg["batch_size"] % world:
+        B, W = cfg["batch_size"], world
+        nearby = sorted({max(W, B // W * W), B // W * W + W})
+        raise ValueError(f"--batch_size {B} does not split evenly over {W} processes: use a multiple of {W} "
+                         f"(such as {' or '.join(map(str, nearby))})")
     return cfg
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Checkpoints: directories written under a temporary name, then published by atomically re-pointing a link
+# The sequences of a step, and each one's weight in the loss
 
-def save_checkpoint(out_dir, name, gpt, optimizer, cfg, state):
-    """Write a checkpoint and point out_dir/<name> at it; a crash at any moment leaves the old one valid."""
-    out_dir = Path(out_dir)
-    target = f"ckpt-{state['epoch']:03d}-{state['step']:06d}"
-    if not (out_dir / target).is_dir():
-        tmp = out_dir / f".{target}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        gpt.save(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "run.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-        os.replace(tmp, out_dir / target)
-    link = out_dir / f".{name}.tmp"
-    link.unlink(missing_ok=True)
-    link.symlink_to(target)
-    os.replace(link, out_dir / name)  # atomic: `name` is the old checkpoint or the new one, never half of one
-    referenced = {os.readlink(out_dir / n) for n in ("latest", "best") if (out_dir / n).is_symlink()}
-    for old in out_dir.glob("ckpt-*"):
-        if old.name not in referenced:
-            shutil.rmtree(old)
+def step_sequences(train, order, curriculum, stage, cfg, epoch, step):
+    """The step's examples and, for each, the weight of each of its supervised tokens in the step's loss.
+
+    Group g holds sequences [g * loss_group, (g + 1) * loss_group) of the step; with G groups and n_g supervised
+    tokens in group g, a token of group g weighs 1 / (G * n_g), so that the weighted sum of token losses is the
+    mean over groups of each group's token mean, however the step is later split into micro-batches.
+    """
+    ids = order[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
+    # Each sequence's own seed: its stage draw does not depend on which process builds it.
+    examples = [curriculum.example(train[i], stage, random.Random(f"{cfg['seed']}-{epoch}-{step}-{j}"))
+                for j, i in enumerate(ids)]
+    n_supervised = [len(e.ids) - e.label_start for e in examples]
+    size = cfg["loss_group"]
+    groups = [sum(n_supervised[g:g + size]) for g in range(0, len(examples), size)]
+    weights = [1 / (len(groups) * groups[j // size]) for j in range(len(examples))]
+    return examples, weights
 
 
-def load_state(path):
-    """run.json and state.json of a checkpoint, with one clear error if they are missing or broken."""
-    try:
-        return json.loads((path / "run.json").read_text()), json.loads((path / "state.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({e})") from e
+def micro_batches(n, rank, world, micro_batch_size):
+    """This process's share of a step's n sequences, as (start, end) ranges of at most micro_batch_size.
+
+    Shares are contiguous and as even as possible (sizes differ by at most one, in a step of fewer sequences
+    than a full batch), so that every process works; cut from the start of each share, the micro-batches of
+    N processes are those of one process whenever the shares are whole numbers of micro-batches.
+    """
+    start = rank * (n // world) + min(rank, n % world)
+    end = start + n // world + (rank < n % world)
+    return [(s, min(s + micro_batch_size, end)) for s in range(start, end, micro_batch_size)]
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -167,147 +149,223 @@ def make_optimizer(params, cfg, device):
 
 
 def resets_optimizer(cfg, curriculum, epoch):
-    """Whether AdamW starts afresh at this epoch: every epoch, at each change of stage, or never."""
+    """Whether AdamW starts afresh at this epoch: every epoch (the authors' code re-creates it with each epoch's
+    data loader), at each change of stage (the paper's words), or never."""
     if epoch == cfg["start_epoch"] or cfg["reset_optimizer"] == "never":
         return False
     return cfg["reset_optimizer"] == "epoch" or curriculum.stage(epoch) != curriculum.stage(epoch - 1)
 
 
-def train_phase(cfg, data, device, autocast, rank, world):
-    """Train one method through its curriculum; returns the directory of its best checkpoint."""
-    out_dir = Path(cfg["out_dir"])
-    curriculum = Curriculum(**{k: cfg[k] for k in CURRICULUM_FIELDS if k in cfg})
-    latest = out_dir / "latest"
+def start_or_resume(cfg, data, device):
+    """The GPT, optimizer and position (epoch, step, stage, best accuracy) of a phase: from the latest
+    checkpoint in out_dir when resuming, else new."""
+    latest = Path(cfg["out_dir"]) / "latest"
     if latest.exists():
-        _, state = load_state(latest)
         if not cfg["resume"]:
-            raise ValueError(f"{out_dir} holds a run already: pass --resume to continue it, or another --out_dir")
-        if state["epoch"] >= cfg["epochs"]:
-            print0(f"{out_dir}: finished already")
-            return out_dir / "best"
+            raise ValueError(f"{cfg['out_dir']} holds a run already: pass --resume to continue it, or another --out_dir")
+        _, state = load_state(latest)
         gpt = load_gpt(latest, dropout=cfg["dropout"])
     else:
-        state = dict(epoch=cfg["start_epoch"], step=0, stage=curriculum.stage(cfg["start_epoch"]), best_accuracy=None)
+        state = dict(epoch=cfg["start_epoch"], step=0, stage=curriculum_of(cfg).stage(cfg["start_epoch"]),
+                     best_accuracy=None)
         torch.manual_seed(cfg["seed"])  # the initialisation of a model from scratch
+        scratch = {k: cfg[k] for k in ("n_layer", "n_head", "n_embd")} if cfg["init_from"] == "scratch" else {}
         gpt = load_gpt(cfg["init_from"], cfg["new_token_init"], cfg["dropout"],
-                       **{k: cfg[k] for k in ("n_layer", "n_head", "n_embd") if cfg["init_from"] == "scratch"})
+                       tokens=data["vocabulary"] if scratch else None, **scratch)
     gpt.to(device)
-    if cfg["compile"]:
-        gpt.compile_blocks()
-    model = Coconut(gpt, feedback=curriculum.feedback)
-    decode_step = model.compiled_step() if cfg["compile"] else None
     optimizer = make_optimizer(gpt.parameters(), cfg, device)
     if latest.exists():
-        optimizer.load_state_dict(torch.load(latest / "optimizer.pt", map_location=device, weights_only=True))
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    train, valid = data["train"], data["valid"]
-    n_micro = cfg["batch_size"] // cfg["micro_batch_size"]
-    if world > n_micro:
-        print0(f"warning: {world} processes but {n_micro} micro-batches per step: lower --micro_batch_size")
-    steps_per_epoch = math.ceil(len(train) / cfg["batch_size"])
-    steps_run = 0
-    print0(f"{cfg['method']} on {cfg['dataset']}: {len(train)} training sequences, {steps_per_epoch} steps per epoch, "
-           f"epochs {state['epoch']}..{cfg['epochs'] - 1}, {sum(p.numel() for p in gpt.parameters()) / 1e6:.1f}M parameters")
+        load_optimizer(latest, optimizer, device)
+    return gpt, optimizer, state
 
-    for epoch in range(state["epoch"], cfg["epochs"]):
-        stage = curriculum.stage(epoch)
-        if state["step"] == 0 and resets_optimizer(cfg, curriculum, epoch):
-            optimizer = make_optimizer(gpt.parameters(), cfg, device)
-        order = random.Random(f"{cfg['seed']}-{epoch}").sample(range(len(train)), len(train))
-        t0, loss_sum, n_micro_done, n_tokens, n_sequences = time.time(), torch.zeros((), device=device), 0, 0, 0
-        model.train()
-        for step in progress_bar(range(state["step"], steps_per_epoch), f"epoch {epoch} stage {stage}"):
-            ids = order[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
-            micro_batches = [ids[i:i + cfg["micro_batch_size"]] for i in range(0, len(ids), cfg["micro_batch_size"])]
-            for m, micro in enumerate(micro_batches):
-                if m % world != rank:
-                    continue  # each process takes every world-th micro-batch of the step
-                rng = random.Random(f"{cfg['seed']}-{epoch}-{step}-{m}")
-                batch = collate([curriculum.example(train[i], stage, rng) for i in micro])
-                n_tokens, n_sequences = n_tokens + int(batch.mask.sum()), n_sequences + len(micro)
-                torch.manual_seed(rng.getrandbits(63))  # dropout masks, whatever the number of processes
-                with autocast:
-                    loss = model(batch.to(device)).mean()
-                (loss / len(micro_batches)).backward()  # the mean over micro-batches of their token means
-                loss_sum, n_micro_done = loss_sum + loss.detach(), n_micro_done + 1
-            for p in gpt.parameters():  # sum over processes: each holds the gradients of its micro-batches
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                if world > 1:
-                    dist.all_reduce(p.grad)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            steps_run += 1
-            state.update(step=step + 1, stage=stage)
-            if cfg["ckpt_every"] and steps_run % cfg["ckpt_every"] == 0 or steps_run == cfg["max_steps"]:
-                if rank == 0:
-                    save_checkpoint(out_dir, "latest", gpt, optimizer, cfg, state)
-                if steps_run == cfg["max_steps"]:
-                    print0(f"stopped after {steps_run} steps (--max_steps); --resume continues")
-                    return None
-        seconds = time.time() - t0
-        loss_sum, n_micro_done, n_tokens, n_sequences = (sum(x) for x in zip(*gather([(loss_sum.item(), n_micro_done, n_tokens, n_sequences)])))
-        results = evaluate(model, valid, curriculum, stage, cfg["max_new_tokens"], cfg["eval_batch_size"],
-                           with_loss=True, step=decode_step, device=device, autocast=autocast, progress=True)
-        metrics = dict(epoch=epoch, stage=stage, train_loss=loss_sum / max(n_micro_done, 1),
-                       val_loss=results["loss"], val_accuracy=results["accuracy"], val_mean_tokens=results["mean_tokens"],
-                       seconds=round(seconds, 1), tokens_per_second=round(n_tokens / seconds))
-        if device.type == "cuda":  # model FLOPs utilisation of the training steps, against the GPU's bf16 peak
-            metrics["mfu"] = gpt.mfu(n_tokens / seconds / world, n_tokens / max(n_sequences, 1), device)
-        state.update(epoch=epoch + 1, step=0, stage=stage)
-        best_accuracy = state["best_accuracy"]
-        improved = curriculum.is_final(stage) and (best_accuracy is None or results["accuracy"] > best_accuracy)
-        if improved:
-            state["best_accuracy"] = results["accuracy"]
-        if rank == 0:
+
+def prepare(examples, weights, ranges, seeds):
+    """This process's micro-batches, ready to run: (Batch, weight of each supervised token (N,), dropout seed)."""
+    if not ranges:  # fewer sequences than processes, at an epoch's end: a weightless one keeps this one in step
+        examples, weights, ranges, seeds = examples[:1], [0.0], [(0, 1)], [0]
+    return [(collate(examples[start:end]),
+             torch.tensor([w for e, w in zip(examples[start:end], weights[start:end]) for _ in e.ids[e.label_start:]]),
+             seed) for (start, end), seed in zip(ranges, seeds)]
+
+
+def train_step(forward, no_sync, optimizer, micro_batches, run):
+    """One optimizer step over this process's micro-batches; the weighted loss of its share, and its tokens.
+    forward: the model, as DistributedDataParallel runs it and perhaps compiled; no_sync: its context that
+    keeps gradients local.
+
+    DistributedDataParallel averages the gradients of the processes, each of which holds the gradient of its
+    share of the weighted sum: scaling by the world size makes the average that sum. It reduces them once, in
+    buckets overlapped with the last micro-batch's backward pass; the others accumulate locally (no_sync).
+    """
+    loss_sum, n_tokens = torch.zeros((), device=run.device), 0
+    for m, (batch, token_weights, seed) in enumerate(micro_batches):
+        batch, token_weights = batch.to(run.device), token_weights.to(run.device, non_blocking=True)
+        torch.manual_seed(seed)  # dropout masks: a function of the micro-batch's place in the step
+        last = m == len(micro_batches) - 1
+        with no_sync() if not last else nullcontext(), run.autocast:
+            loss = (forward(batch) * token_weights).sum()
+            (loss * run.world).backward()
+        loss_sum, n_tokens = loss_sum + loss.detach(), n_tokens + int(batch.mask.sum())
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, n_tokens
+
+
+def end_of_epoch(cfg, model, optimizer, valid, decode_step, state, stats, run):
+    """Validate, log a line of metrics.jsonl (and redraw metrics.png), write `latest` and perhaps `best`."""
+    epoch, stage, out_dir, curriculum, gpt = state["epoch"], state["stage"], Path(cfg["out_dir"]), curriculum_of(cfg), model.gpt
+    loss_sum, n_steps, n_tokens, n_sequences, seconds = (sum(x) for x in zip(*gather([stats])))
+    results = evaluate(model, valid, curriculum, stage, cfg["max_new_tokens"], cfg["eval_batch_size"], with_loss=True,
+                       step=decode_step, device=run.device, autocast=run.autocast, progress=True)
+    seconds /= run.world
+    metrics = dict(epoch=epoch, stage=stage, train_loss=loss_sum / max(n_steps, 1), val_loss=results["loss"],
+                   val_accuracy=results["accuracy"], val_mean_tokens=results["mean_tokens"],
+                   seconds=round(seconds, 1), tokens_per_second=round(n_tokens / seconds))
+    if run.device.type == "cuda":  # model FLOPs utilisation of the training steps, per GPU, against its bf16 peak
+        metrics["mfu"] = gpt.mfu(n_tokens / seconds / run.world, n_tokens / max(n_sequences, 1), run.device)
+    state.update(epoch=epoch + 1, step=0)
+    improved = curriculum.is_final(stage) and (state["best_accuracy"] is None or results["accuracy"] > state["best_accuracy"])
+    if improved:
+        state["best_accuracy"] = results["accuracy"]
+    with on_every_rank():  # only rank 0 writes; if it cannot, every rank stops with its message
+        if run.rank == 0:
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+            plot_metrics(out_dir)
             save_checkpoint(out_dir, "latest", gpt, optimizer, cfg, state)
             if improved:
                 save_checkpoint(out_dir, "best", gpt, optimizer, cfg, state)
-        print0(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
-        if world > 1:
-            dist.barrier()  # the checkpoint is written before any process may read it
+    print0(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+
+
+def train_phase(cfg, data, run):
+    """Train one method through its curriculum; returns the directory of its best checkpoint (None: stopped)."""
+    out_dir, curriculum = Path(cfg["out_dir"]), curriculum_of(cfg)
+    gpt, optimizer, state = start_or_resume(cfg, data, run.device)
+    if state["epoch"] >= cfg["epochs"]:
+        print0(f"{out_dir}: finished already")
+        return out_dir / "best"
+    model = Coconut(gpt, feedback=curriculum.feedback)
+    # One forward call runs a whole micro-batch, thoughts and all: weights reused by the latent passes are
+    # reduced once. Buffers (a vocabulary of its own) never change, so they are not broadcast at every step.
+    ddp = DistributedDataParallel(model, broadcast_buffers=False) if run.world > 1 else model
+    forward = compile_loss(ddp) if cfg["compile"] else ddp
+    no_sync = ddp.no_sync if run.world > 1 else nullcontext
+    decode_step = model.compiled_step() if cfg["compile"] else None
+    if run.rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    train, B = data["train"], cfg["batch_size"]
+    steps_per_epoch, steps_run = math.ceil(len(train) / B), 0
+    print0(f"{cfg['method']} on {cfg['dataset']}: {len(train)} training sequences, {steps_per_epoch} steps per epoch "
+           f"of {B} sequences ({B // run.world} per process, in micro-batches of at most {cfg['micro_batch_size']}), "
+           f"epochs {state['epoch']}..{cfg['epochs'] - 1}, {sum(p.numel() for p in gpt.parameters()) / 1e6:.1f}M parameters")
+    for epoch in range(state["epoch"], cfg["epochs"]):
+        state["stage"] = stage = curriculum.stage(epoch)
+        if state["step"] == 0 and resets_optimizer(cfg, curriculum, epoch):
+            optimizer = make_optimizer(gpt.parameters(), cfg, run.device)
+        order = random.Random(f"{cfg['seed']}-{epoch}").sample(range(len(train)), len(train))
+        t0, loss_sum, n_steps, n_tokens, n_sequences = time.time(), torch.zeros((), device=run.device), 0, 0, 0
+
+        def share(step):  # this process's part of a step, built on the host while the device runs the step before
+            examples, weights = step_sequences(train, order, curriculum, stage, cfg, epoch, step)
+            mine = micro_batches(len(examples), run.rank, run.world, cfg["micro_batch_size"])
+            seeds = [random.Random(f"{cfg['seed']}-{epoch}-{step}-{start}-dropout").getrandbits(63) for start, _ in mine]
+            return prepare(examples, weights, mine, seeds)
+
+        model.train()
+        steps = range(state["step"], steps_per_epoch)
+        for step, mine in zip(progress_bar(steps, f"epoch {epoch} stage {stage}"), prefetch(map(share, steps))):
+            loss, tokens = train_step(forward, no_sync, optimizer, mine, run)
+            loss_sum, n_steps, n_tokens = loss_sum + loss, n_steps + 1, n_tokens + tokens
+            n_sequences += sum(len(batch.ids) for batch, _, _ in mine)
+            steps_run += 1
+            state["step"] = step + 1
+            if cfg["ckpt_every"] and steps_run % cfg["ckpt_every"] == 0 or steps_run == cfg["max_steps"]:
+                with on_every_rank():
+                    if run.rank == 0:
+                        save_checkpoint(out_dir, "latest", gpt, optimizer, cfg, state)
+                if steps_run == cfg["max_steps"]:
+                    print0(f"stopped after {steps_run} steps (--max_steps); --resume continues")
+                    return None
+        # Every process's share of the loss; n_steps counts each step once, on rank 0.
+        stats = (loss_sum.item(), n_steps if run.rank == 0 else 0, n_tokens, n_sequences, time.time() - t0)
+        end_of_epoch(cfg, model, optimizer, data["valid"], decode_step, state, stats, run)
     return out_dir / "best"
+
+
+def plot_metrics(out_dir):
+    """metrics.png next to metrics.jsonl: training and validation loss, and validation accuracy, per epoch,
+    with a line where each stage begins. Without matplotlib (optional), nothing."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+    except ImportError:
+        return
+    rows = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r["epoch"] for r in rows]
+    fig = Figure(figsize=(8, 3.5))
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, [r["train_loss"] for r in rows], marker=".", label="train")
+    loss_ax.plot(epochs, [r["val_loss"] for r in rows], marker=".", label="validation")
+    loss_ax.set(xlabel="epoch", ylabel="loss per supervised token", yscale="log")
+    loss_ax.legend(fontsize="small")
+    acc_ax.plot(epochs, [r["val_accuracy"] for r in rows], marker=".", color="C2")
+    acc_ax.set(xlabel="epoch", ylabel="validation accuracy", ylim=(0, 1.02))
+    for ax in (loss_ax, acc_ax):
+        for prev, row in zip(rows, rows[1:]):
+            if row["stage"] != prev["stage"]:
+                ax.axvline(row["epoch"] - 0.5, color="gray", lw=0.6, ls=":")
+                ax.annotate(f"stage {row['stage']}", (row["epoch"] - 0.5, 1), xycoords=("data", "axes fraction"),
+                            fontsize=6, rotation=90, va="top", ha="right", color="gray")
+    fig.suptitle(f"{Path(out_dir).name}: dotted lines mark a new curriculum stage", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(Path(out_dir) / "metrics.png", dpi=110)
 
 
 def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
-        cfg = resolve_config(args)
-        if cfg["resume"] and not any(Path(cfg["out_dir"]).glob("**/latest")):  # a run's phases each have a latest
-            raise ValueError(f"--resume: no run in {cfg['out_dir']}")
-        device, autocast, rank, world = setup(cfg["device"], cfg["dtype"])
-        print0(f"device {device}, {world} process(es), {'bf16 autocast' if isinstance(autocast, torch.autocast) else 'float32'}")
-        split_sizes = {"train": cfg["train_examples"], "valid": cfg["val_examples"], "test": None}
-        records = {split: load_dataset(cfg["dataset"], split, cfg.get("data_dir"), cfg.get("cache_dir"))[:n]
-                   for split, n in split_sizes.items()}
-        tokenized, kept = tokenize(records["train"], max_latents=cfg["max_latent_stage"] * cfg["c_thought"])
+        run = setup(args.device, args.dtype)
+        with on_every_rank():  # a rank that cannot read its data stops the others too
+            cfg = resolve_config(args, run.world)
+            if cfg["resume"] and not any(Path(cfg["out_dir"]).glob("**/latest")):  # each phase of a run has a latest
+                raise ValueError(f"--resume: no run in {cfg['out_dir']}")
+            print0(f"device {run.device}, {run.world} process(es), "
+                   f"{'bf16 autocast' if isinstance(run.autocast, torch.autocast) else 'float32'}")
+            split_sizes = {"train": cfg["train_examples"], "valid": cfg["val_examples"], "test": None}
+            records = {split: load_dataset(cfg["dataset"], split, cfg.get("data_dir"), cfg.get("cache_dir"))[:n]
+                       for split, n in split_sizes.items()}
+            tokenized, kept = tokenize(records["train"], max_latents=cfg["max_latent_stage"] * cfg["c_thought"])
+            data = dict(train=tokenized, valid=records["valid"],
+                        vocabulary=vocabulary(records.values()) if cfg["init_from"] == "scratch" else None)
         if len(kept) < len(records["train"]):
             print0(f"skipped {len(records['train']) - len(kept)} training records longer than the context")
-        data = dict(train=tokenized, valid=records["valid"])
         if cfg["cot_epochs"]:
             cot = dict(cfg, method="cot", epochs=cfg["cot_epochs"], start_epoch=0, out_dir=str(Path(cfg["out_dir"]) / "cot"))
-            best_cot = train_phase(cot, data, device, autocast, rank, world)
+            best_cot = train_phase(cot, data, run)
             if best_cot is None:
                 return
             cfg = dict(cfg, init_from=str(best_cot), out_dir=str(Path(cfg["out_dir"]) / cfg["method"]))
-        best = train_phase(cfg, data, device, autocast, rank, world)
+        best = train_phase(cfg, data, run)
         if best is None:
             return
-        if not best.exists():
-            print0("no epoch reached the final stage: testing the latest checkpoint instead of the best")
-            best = best.parent / "latest"
-        run, state = load_state(best)
-        curriculum = Curriculum(**{k: run[k] for k in CURRICULUM_FIELDS})
-        model = Coconut(load_gpt(best).to(device), feedback=curriculum.feedback)
-        results = evaluate(model, records["test"], curriculum, state["stage"], cfg["max_new_tokens"], cfg["eval_batch_size"],
-                           device=device, autocast=autocast, progress=True)
-        if rank == 0:
+        test(cfg, best, records["test"], run)
+
+
+def test(cfg, best, records, run):
+    """The best checkpoint (else the latest) on the test split: test.json, and a line."""
+    if not best.exists():
+        print0("no epoch reached the final stage: testing the latest checkpoint instead of the best")
+        best = best.parent / "latest"
+    saved, state = load_state(best)
+    curriculum = curriculum_of(saved)
+    model = Coconut(load_gpt(best).to(run.device), feedback=curriculum.feedback)
+    results = evaluate(model, records, curriculum, state["stage"], cfg["max_new_tokens"], cfg["eval_batch_size"],
+                       device=run.device, autocast=run.autocast, progress=True)
+    with on_every_rank():
+        if run.rank == 0:
             (Path(cfg["out_dir"]) / "test.json").write_text(json.dumps(results, indent=1) + "\n")
-        print0(f"test accuracy {results['accuracy']:.4f} ({results['n']} examples, best checkpoint of epoch "
-               f"{state['epoch'] - 1}, stage {state['stage']}), mean tokens {results['mean_tokens']:.1f}")
+    print0(f"test accuracy {results['accuracy']:.4f} ({results['n']} examples, best checkpoint of epoch "
+           f"{state['epoch'] - 1}, stage {state['stage']}), mean tokens {results['mean_tokens']:.1f}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Fixtures every test shares: the tokenizer cache, the real data files, tiny GPT-2 checkpoints.
+"""Fixtures every test shares: the real records in tests/data, tiny GPT-2 checkpoints.
 
-Everything runs offline on a CPU: the GPT-2 tokenizer comes from ../shared/tiktoken, the datasets from
-../shared/data, and the GPT-2 checkpoints are tiny random models written here in the Hugging Face format,
-then loaded through the same code path as the real weights.
+Everything runs offline on a CPU from the project alone: real records come from the small subsets in
+tests/data (see its README), the GPT-2 checkpoints are tiny random models written here in the Hugging Face
+format and loaded through the same code path as the real weights, and the GPT-2 tokenizer comes from
+tiktoken's cache ($TIKTOKEN_CACHE_DIR, or its download once).
+
+With COCONUT_NO_SKIPS=1 (as .ci/run sets it), a test skipped for any reason but a missing GPU fails the run.
 """
 import os
 import sys
@@ -12,21 +15,29 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
-if (SHARED / "tiktoken").is_dir():
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+NEEDS_GPU = "needs a CUDA GPU"
+_unexpected_skips = []
+
 
 @pytest.fixture(scope="session")
-def shared_data():
-    """The real dataset splits in ../shared/data (gsm8k/, prosqa/, prontoqa/)."""
-    path = SHARED / "data"
-    if not path.is_dir():
-        pytest.skip("../shared/data is not here")
-    return path
+def fixtures():
+    """tests/data: one folder per dataset (gsm8k/, prosqa/, prontoqa/), files named as in the originals."""
+    return ROOT / "tests" / "data"
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and NEEDS_GPU not in str(report.longrepr):
+        _unexpected_skips.append(f"{report.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("COCONUT_NO_SKIPS") == "1" and _unexpected_skips:
+        print("\nskipped for a reason other than a missing GPU:\n  " + "\n  ".join(_unexpected_skips))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _tiny_gpt2(path, safe_serialization):

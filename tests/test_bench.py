@@ -7,9 +7,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_prints_every_ratio_and_matches_naive_generation(shared_data):
+def test_bench_prints_every_ratio_and_matches_naive_generation(fixtures):
     proc = subprocess.run(
-        [sys.executable, "bench.py", "--data_dir", str(shared_data / "gsm8k"), "--n_layer", "2", "--n_head", "2",
+        [sys.executable, "bench.py", "--data_dir", str(fixtures / "gsm8k"), "--n_layer", "2", "--n_head", "2",
          "--n_embd", "32", "--batch_size", "4", "--gen_batch_size", "4", "--naive_examples", "4", "--repeat", "1",
          "--max_new_tokens", "8"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)

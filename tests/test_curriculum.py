@@ -1,4 +1,4 @@
-"""The curriculum of every method (SPEC §1, §4) and collation (SPEC §3), against hand-written sequences."""
+"""The curriculum of every method (the paper's §3 and Table 1) and collation, against hand-written sequences."""
 import random
 
 import pytest
@@ -93,10 +93,10 @@ def test_unknown_method():
         Curriculum(method="coconot")
 
 
-def test_piecewise_tokenization_equals_whole_string(shared_data):
+def test_piecewise_tokenization_equals_whole_string(fixtures):
     """Pieces tokenized apart give the tokens of the whole text: no merge crosses a piece boundary."""
     for name, split in (("gsm8k", "test"), ("prosqa", "valid"), ("prontoqa", "valid")):
-        records = data.load_dataset(name, split, data_dir=shared_data / name)
+        records = data.load_dataset(name, split, data_dir=fixtures / name)
         tokenized, kept = tokenize(records)
         assert len(kept) == len(records)
         for t, r in zip(tokenized, records):

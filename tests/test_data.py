@@ -1,8 +1,10 @@
-"""data.py: the real splits load with their published sizes, downloads are atomic, bad files fail with one
-clear line, and the ProsQA generator makes graphs like the paper's."""
+"""data.py and synthetic.py: real records load and parse as the authors' code parses them, downloads are atomic,
+bad files fail with one clear line, the ProsQA generator makes graphs like the paper's, and the shell game is
+what it says (answers checked by an independent solver)."""
 import functools
 import hashlib
 import http.server
+import itertools
 import json
 import re
 import statistics
@@ -14,51 +16,52 @@ from pathlib import Path
 import pytest
 
 import data
+import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # -----------------------------------------------------------------------------
-# Real data
+# Real records (tests/data: subsets of the real splits)
 
 
-@pytest.mark.parametrize("name, split, n", [
-    ("gsm8k", "valid", 500), ("gsm8k", "test", 1319),
-    ("prosqa", "valid", 300), ("prosqa", "test", 500),
-    ("prontoqa", "train", 9000), ("prontoqa", "valid", 200), ("prontoqa", "test", 800),
+@pytest.mark.parametrize("name, split, filename", [
+    ("gsm8k", "test", "test.txt"), ("prosqa", "valid", "prosqa_valid.json"), ("prontoqa", "valid", "prontoqa_valid.json"),
 ])
-def test_record_counts(shared_data, name, split, n):
-    records = data.load_dataset(name, split, data_dir=shared_data / name)
-    assert len(records) == n
+def test_every_record_loads(fixtures, name, split, filename):
+    text = (fixtures / name / filename).read_text(encoding="utf-8")
+    n = len(text.strip().split("\n")) if name == "gsm8k" else len(json.loads(text))
+    records = data.load_dataset(name, split, data_dir=fixtures / name)
+    assert len(records) == n >= 30
     assert all(isinstance(r["question"], str) and isinstance(r["answer"], str) for r in records)
 
 
-def test_gsm8k_parsing(shared_data):
-    records = data.load_dataset("gsm8k", "test", data_dir=shared_data / "gsm8k")
+def test_gsm8k_parsing(fixtures):
+    records = data.load_dataset("gsm8k", "test", data_dir=fixtures / "gsm8k")
     assert records[0]["steps"] == ["<<16-3-4=9>>", "<<9*2=18>>"]
     assert records[0]["answer"] == "18"
     assert records[0]["question"].endswith("How much in dollars does she make every day at the farmers' market?")
-    steps = [len(r["steps"]) for r in records]
-    assert max(steps) == 8
-    # 18 problems have no steps; split(" ") gives each one empty step, as the authors' preprocessing does.
-    assert sum(r["steps"] == [""] for r in records) == 18
-    assert round(statistics.mean(steps), 2) == 3.26
+    # A problem without steps ("...|| #### 26"): split(" ") gives it one empty step, as the authors' code does.
+    assert records[24]["steps"] == [""] and records[24]["answer"] == "26"
+    assert sum(r["steps"] == [""] for r in records) == 3
+    # Every "<<...>>" of a line is one step (as a word count of the text between "||" and "##" finds them).
+    lines = (fixtures / "gsm8k" / "test.txt").read_text(encoding="utf-8").strip().split("\n")
+    assert [len(r["steps"]) for r in records] == [max(1, line.split("||")[1].split("##")[0].count(">>")) for line in lines]
 
 
-def test_prosqa_keeps_graph_fields(shared_data):
-    record = data.load_dataset("prosqa", "valid", data_dir=shared_data / "prosqa")[0]
+def test_prosqa_keeps_graph_fields(fixtures):
+    record = data.load_dataset("prosqa", "valid", data_dir=fixtures / "prosqa")[0]
     assert record["idx_to_symbol"][record["root"]] == "Tom"
     assert record["idx_to_symbol"][record["target"]] == "lempus"
     assert [1, 3] in record["edges"] and record["neg_target"] == 13
 
 
-def test_graph_stats_of_real_prosqa_match_the_paper(shared_data):
-    # The published statistics describe this data: a check of graph_stats before we trust it on ours.
-    stats = data.graph_stats(data.load_dataset("prosqa", "test", data_dir=shared_data / "prosqa"))
-    assert stats["nodes"] == pytest.approx(22.80, abs=0.01)
-    assert stats["edges"] == pytest.approx(35.84, abs=0.01)
-    assert stats["hops"] == pytest.approx(3.78, abs=0.01)
-    assert stats["paths"] == pytest.approx(1.57, abs=0.01)
+def test_graph_stats_of_real_prosqa_match_the_paper(fixtures):
+    # The published statistics (23.0 nodes, 36.0 edges, 3.8 hops, 1.6 shortest paths) describe this data, of
+    # which the fixture is a sample: a check of graph_stats before we trust it on ours.
+    stats = synthetic.graph_stats(data.load_dataset("prosqa", "valid", data_dir=fixtures / "prosqa"))
+    assert abs(stats["nodes"] - 23.0) < 1 and abs(stats["edges"] - 36.0) < 2
+    assert abs(stats["hops"] - 3.8) < 0.15 and abs(stats["paths"] - 1.6) < 0.15
 
 
 # -----------------------------------------------------------------------------
@@ -142,16 +145,17 @@ def test_failed_download_leaves_nothing(server, tmp_path, case):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_load_dataset_downloads_once_into_the_cache(server, shared_data, tmp_path, monkeypatch):
+def test_load_dataset_downloads_once_into_the_cache(server, fixtures, tmp_path, monkeypatch):
     url, files, hits = server
-    body = (shared_data / "gsm8k" / "valid.txt").read_bytes()
+    body = (fixtures / "gsm8k" / "test.txt").read_bytes()
+    n = len(body.decode().strip().split("\n"))
     files["/valid.txt"] = (body, len(body))
     monkeypatch.setitem(data.SOURCES, ("gsm8k", "valid"), (f"{url}/valid.txt", sha256(body)))
-    assert len(data.load_dataset("gsm8k", "valid", cache_dir=tmp_path)) == 500
+    assert len(data.load_dataset("gsm8k", "valid", cache_dir=tmp_path)) == n
     assert (tmp_path / "gsm8k" / "valid.txt").read_bytes() == body
-    assert len(data.load_dataset("gsm8k", "valid", cache_dir=tmp_path)) == 500
+    assert len(data.load_dataset("gsm8k", "valid", cache_dir=tmp_path)) == n
     monkeypatch.setenv("COCONUT_DATA_DIR", str(tmp_path))  # the same cache, found through the environment
-    assert len(data.load_dataset("gsm8k", "valid")) == 500
+    assert len(data.load_dataset("gsm8k", "valid")) == n
     assert hits == ["/valid.txt"]
 
 
@@ -237,11 +241,13 @@ def test_cli_missing_file(tmp_path):
     assert result.stderr == f"error: {tmp_path / 'test.txt'}: no such file\n"
 
 
-def test_cli_summary(shared_data):
-    result = run_cli("--dataset", "gsm8k", "--split", "test", "--data_dir", str(shared_data / "gsm8k"))
+def test_cli_summary(fixtures):
+    result = run_cli("--dataset", "gsm8k", "--split", "test", "--data_dir", str(fixtures / "gsm8k"))
     assert result.returncode == 0, result.stderr
-    assert "records: 1319" in result.stdout
-    assert "steps per record: mean 3.26, max 8" in result.stdout
+    records = data.load_dataset("gsm8k", "test", data_dir=fixtures / "gsm8k")
+    steps = [len(r["steps"]) for r in records]
+    assert f"records: {len(records)}" in result.stdout
+    assert f"steps per record: mean {statistics.mean(steps):.2f}, max {max(steps)}" in result.stdout
 
 
 # -----------------------------------------------------------------------------
@@ -256,7 +262,7 @@ def check_prosqa(record):
     children = [[] for _ in symbols]
     for a, b in edges:
         children[a].append(b)
-    dist = data.bfs(children, root)[0]
+    dist = synthetic.bfs(children, root)[0]
 
     def sentence(a, b):
         return f"{symbols[a]} is a {symbols[b]}." if symbols[a][0].isupper() else f"Every {symbols[a]} is a {symbols[b]}."
@@ -280,25 +286,25 @@ def check_prosqa(record):
     return dist[target]
 
 
-def test_real_prosqa_passes_the_format_check(shared_data):
-    hops = [check_prosqa(r) for r in data.load_dataset("prosqa", "valid", data_dir=shared_data / "prosqa")]
+def test_real_prosqa_passes_the_format_check(fixtures):
+    hops = [check_prosqa(r) for r in data.load_dataset("prosqa", "valid", data_dir=fixtures / "prosqa")]
     assert min(hops) == 3
 
 
 def test_generator_is_deterministic():
-    a = data.generate_prosqa(50, seed=7, settings=data.SMALL)
-    assert a == data.generate_prosqa(50, seed=7, settings=data.SMALL)
-    assert a != data.generate_prosqa(50, seed=8, settings=data.SMALL)
-    assert data.generate_prosqa(5, seed=7) == data.generate_prosqa(5, seed=7)
+    a = synthetic.generate_prosqa(50, seed=7, settings=synthetic.SMALL)
+    assert a == synthetic.generate_prosqa(50, seed=7, settings=synthetic.SMALL)
+    assert a != synthetic.generate_prosqa(50, seed=8, settings=synthetic.SMALL)
+    assert synthetic.generate_prosqa(5, seed=7) == synthetic.generate_prosqa(5, seed=7)
 
 
 @functools.lru_cache(maxsize=None)
 def paper_records():
-    return data.generate_prosqa(500, seed=0, settings=data.PAPER)
+    return synthetic.generate_prosqa(500, seed=0, settings=synthetic.PAPER)
 
 
 def test_paper_graphs_match_published_statistics():
-    stats = data.graph_stats(paper_records())
+    stats = synthetic.graph_stats(paper_records())
     assert abs(stats["nodes"] - 23.0) < 2
     assert abs(stats["edges"] - 36.0) < 4
     assert abs(stats["hops"] - 3.8) < 0.4
@@ -306,25 +312,13 @@ def test_paper_graphs_match_published_statistics():
     assert min(check_prosqa(r) for r in paper_records()) == 3
 
 
-@functools.lru_cache(maxsize=None)
-def synthetic():
-    return {split: data.load_dataset("synthetic", split) for split in data.SPLITS}
-
-
-def test_synthetic_splits():
-    splits = synthetic()
-    assert {s: len(r) for s, r in splits.items()} == {s: n for s, (n, _) in data.SYNTHETIC_SPLITS.items()}
-    train = {r["question"] for r in splits["train"]}
-    assert not any(r["question"] in train for r in splits["valid"] + splits["test"])  # held out: never trained on
-
-
 def test_small_graphs_are_short_chains():
-    records = data.generate_prosqa(300, seed=1, settings=data.SMALL)
-    assert all(check_prosqa(r) >= data.SMALL.min_hops >= 3 for r in records)
+    records = synthetic.generate_prosqa(300, seed=1, settings=synthetic.SMALL)
+    assert all(check_prosqa(r) >= synthetic.SMALL.min_hops >= 3 for r in records)
     lengths = [len(ids) for ids in data.tokenizer().encode_ordinary_batch([r["question"] for r in records])]
     assert max(lengths) < 128
     for r in records:
-        assert len(r["edges"]) <= data.SMALL.max_edges
+        assert len(r["edges"]) <= synthetic.SMALL.max_edges
         parents = {b: set() for _, b in r["edges"]}
         for a, b in r["edges"]:
             parents[b].add(a)
@@ -333,23 +327,77 @@ def test_small_graphs_are_short_chains():
         assert len(sources) == len(set(sources))  # one child each: every step has one answer
 
 
-def test_synthetic_questions_come_from_one_ontology():
-    records = [r for split in synthetic().values() for r in split]
-    assert all(check_prosqa(r) == data.ONTOLOGY_HOPS == 3 for r in records)
+@functools.lru_cache(maxsize=None)
+def generated(name):
+    return {split: data.load_dataset(name, split) for split in data.SPLITS}
+
+
+@pytest.mark.parametrize("name", list(synthetic.GENERATED))
+def test_generated_splits(name):
+    splits = generated(name)
+    assert {s: len(r) for s, r in splits.items()} == {s: n for s, (n, _) in synthetic.GENERATED[name][1].items()}
+    train = {r["question"] for r in splits["train"]}
+    assert not any(r["question"] in train for r in splits["valid"] + splits["test"])  # held out: never trained on
+    assert len({r["question"] for r in splits["test"]}) > 0.9 * len(splits["test"])
+
+
+def test_ontology_questions_come_from_one_ontology():
+    records = [r for split in generated("ontology").values() for r in split]
+    assert all(check_prosqa(r) == synthetic.ONTOLOGY_HOPS == 3 for r in records)
     assert all(sum(s[0].isupper() for s in r["idx_to_symbol"]) == 1 for r in records)  # one person per question
     parent = {}
     for r in records:  # a concept has the same parent in every question
         for a, b in r["edges"]:
             if a > 0:
                 assert parent.setdefault(r["idx_to_symbol"][a], r["idx_to_symbol"][b]) == r["idx_to_symbol"][b]
-    assert len(parent) < data.ONTOLOGY_SIZE
+    assert len(parent) < synthetic.ONTOLOGY_SIZE
     lengths = [len(ids) for ids in data.tokenizer().encode_ordinary_batch([r["question"] for r in records])]
     assert max(lengths) < 64
+
+
+SHELL = re.compile(r"The ball is under cup ([A-E])\. Swaps: ((?:[A-E]{2} ?)+)\. Where is the ball\?")
+
+
+def solve_shell_game(question):
+    """The independent solver: every cup's content as a list, the cups' contents exchanged at each swap; the
+    ball's cup after each swap."""
+    start, swaps = SHELL.fullmatch(question).groups()
+    cups = {c: c == start for c in "ABCDE"}  # which cup holds the ball
+    where = []
+    for a, b in swaps.split():
+        cups[a], cups[b] = cups[b], cups[a]
+        where.append(next(c for c, ball in cups.items() if ball))
+    return where
+
+
+def test_shell_game_answers_and_steps_are_right():
+    records = [r for split in generated("shellgame").values() for r in split]
+    for r in records:
+        where = solve_shell_game(r["question"])
+        swaps = SHELL.fullmatch(r["question"])[2].split()
+        assert len(where) == 8 and all(a < b for a, b in swaps)
+        assert r["answer"] == where[-1]
+        assert r["steps"] == [f"After {s}: {w}." for s, w in zip(swaps, where)]
+    assert len({r["answer"] for r in records}) == 5
+    moved = sum(w != r["question"][22] for r in records for w in solve_shell_game(r["question"])[:1])
+    assert 0.3 < moved / len(records) < 0.5  # the first swap moves the ball 2 times in 5
+
+
+def test_shell_game_is_deterministic_and_each_swap_is_one_token_at_a_fixed_place():
+    a = synthetic.shell_game(100, seed=5)
+    assert a == synthetic.shell_game(100, seed=5) and a != synthetic.shell_game(100, seed=6)
+    tokenized = [data.encode(r["question"]) for r in a]
+    assert len({len(t) for t in tokenized}) == 1  # every question has the same length...
+    swap_tokens = {data.encode(" " + a + b)[0] for a, b in itertools.combinations("ABCDE", 2)}
+    assert len(swap_tokens) == 10 and all(len(data.encode(" " + a + b)) == 1 for a, b in itertools.combinations("ABCDE", 2))
+    for t in tokenized:  # ...and its 8 swaps, one token each, in the same 8 columns
+        assert [i for i, x in enumerate(t) if x in swap_tokens] == [i for i, x in enumerate(tokenized[0]) if x in swap_tokens]
+        assert sum(x in swap_tokens for x in t) == 8
 
 
 def test_cli_generate(tmp_path):
     out = tmp_path / "small.json"
     result = run_cli("--generate", "small", "--n", "20", "--seed", "3", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert json.loads(out.read_text()) == data.generate_prosqa(20, 3, data.SMALL)
+    assert json.loads(out.read_text()) == synthetic.generate_prosqa(20, 3, synthetic.SMALL)
     assert re.search(r"hops +\d\.\d\d +3\.8", result.stdout)

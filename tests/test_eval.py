@@ -1,5 +1,6 @@
-"""eval.py: the answer rule of SPEC §6, batching that changes nothing, the command line end to end for every
-method, decoded thoughts, and the ProsQA analysis of SPEC §9 on a hand-made graph and on real records."""
+"""eval.py: the answer rule, batching that changes nothing, the command line end to end for every method,
+decoded thoughts, a question of one's own, and the ProsQA analysis of the paper's §5 on a hand-made graph and
+on real records."""
 import importlib.util
 import json
 import math
@@ -12,7 +13,7 @@ import torch
 
 import train
 from coconut import Coconut, load_gpt
-from data import EOS, METHODS, Curriculum, collate, encode, load_dataset, tokenize
+from data import EOS, METHODS, Curriculum, collate, encode, load_dataset, tokenize, vocabulary
 from eval import classify_prosqa, evaluate, extract_answer, frontier_values, is_correct, main, plot_prosqa
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,16 +26,16 @@ def gpt(tiny_gpt2_dir):
 
 
 @pytest.fixture(scope="module")
-def prosqa(shared_data):
-    return load_dataset("prosqa", "valid", data_dir=shared_data / "prosqa")
+def prosqa(fixtures):
+    return load_dataset("prosqa", "valid", data_dir=fixtures / "prosqa")
 
 
-def prosqa_args(tiny_gpt2_dir, shared_data):
-    return ["--init_from", str(tiny_gpt2_dir), "--dataset", "prosqa", "--data_dir", str(shared_data / "prosqa"), *FAST]
+def prosqa_args(tiny_gpt2_dir, fixtures):
+    return ["--init_from", str(tiny_gpt2_dir), "--dataset", "prosqa", "--data_dir", str(fixtures / "prosqa"), *FAST]
 
 
 # -----------------------------------------------------------------------------------------------------------
-# The answer rule (SPEC §6): what follows the last '#', commas removed, stripped
+# The answer rule of the authors' code: what follows the last '#', commas removed, stripped
 
 @pytest.mark.parametrize("output, answer, prediction, correct", [
     ("<<3*400=1200>>\n### 1,200", "1200", "1200", True),
@@ -57,8 +58,8 @@ def test_answer_extraction(output, answer, prediction, correct):
 # evaluate
 
 @pytest.mark.parametrize("method", ["coconut", "pause_as_thought", "cot"])
-def test_batched_equals_one_by_one(gpt, prosqa, shared_data, method):
-    records = prosqa[:3] + load_dataset("gsm8k", "test", data_dir=shared_data / "gsm8k")[:3]
+def test_batched_equals_one_by_one(gpt, prosqa, fixtures, method):
+    records = prosqa[:3] + load_dataset("gsm8k", "test", data_dir=fixtures / "gsm8k")[:3]
     curriculum = Curriculum(method=method, c_thought=2, max_latent_stage=3)
     model, stage = Coconut(gpt, feedback=curriculum.feedback), 0 if method == "cot" else 1
     batched, single = (evaluate(model, records, curriculum, stage, 12, batch_size=bs, with_loss=True) for bs in (4, 1))
@@ -79,15 +80,15 @@ def test_records_too_long_for_their_thoughts_are_skipped(gpt, prosqa):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_cli_every_method(tmp_path, tiny_gpt2_dir, shared_data, method, capsys):
+def test_cli_every_method(tmp_path, tiny_gpt2_dir, fixtures, method, capsys):
     out = tmp_path / "out.json"
-    main([*prosqa_args(tiny_gpt2_dir, shared_data), "--method", method, "--loss", "--probe", "--probe_topk", "4",
+    main([*prosqa_args(tiny_gpt2_dir, fixtures), "--method", method, "--loss", "--probe", "--probe_topk", "4",
           "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["n"] == 3 and 0 <= result["accuracy"] <= 1 and result["skipped"] == 0
     assert result["settings"]["method"] == method and result["settings"]["stage"] == (0 if method == "cot" else 7)
     assert math.isfinite(result["loss"]) and result["loss"] > 0
-    n_thoughts = 6 if METHODS[method][3] else 0  # the prosqa preset's 6 at the final stage; pause tokens are none
+    n_thoughts = 6 if METHODS[method].feedback else 0  # the prosqa preset's 6 at the final stage; pause tokens are none
     for e in result["examples"]:
         assert {"idx", "answer", "prediction", "correct", "n_tokens", "generated_ids", "output"} <= set(e)
         assert e["n_tokens"] == n_thoughts + len([t for t in e["generated_ids"] if t != EOS])
@@ -100,13 +101,13 @@ def test_cli_every_method(tmp_path, tiny_gpt2_dir, shared_data, method, capsys):
     assert "accuracy" in stdout and ("thought 1:" in stdout) == bool(n_thoughts)
 
 
-def test_cli_forced_thoughts(tmp_path, tiny_gpt2_dir, shared_data, capsys):
+def test_cli_forced_thoughts(tmp_path, tiny_gpt2_dir, fixtures, capsys):
     out = tmp_path / "out.json"
-    main([*prosqa_args(tiny_gpt2_dir, shared_data), "--num_latents", "2", "--out", str(out)])
+    main([*prosqa_args(tiny_gpt2_dir, fixtures), "--num_latents", "2", "--out", str(out)])
     for e in json.loads(out.read_text())["examples"]:
         assert e["n_tokens"] == 2 + len([t for t in e["generated_ids"] if t != EOS])
     with pytest.raises(SystemExit) as exit:
-        main([*prosqa_args(tiny_gpt2_dir, shared_data), "--method", "cot", "--num_latents", "2"])
+        main([*prosqa_args(tiny_gpt2_dir, fixtures), "--method", "cot", "--num_latents", "2"])
     assert exit.value.code.startswith("error: method cot has no latents to force")
 
 
@@ -121,9 +122,9 @@ def ckpt(tmp_path_factory, gpt):
     return path
 
 
-def test_cli_checkpoint_carries_its_settings(tmp_path, ckpt, shared_data):
+def test_cli_checkpoint_carries_its_settings(tmp_path, ckpt, fixtures):
     out = tmp_path / "out.json"
-    main(["--ckpt", str(ckpt), "--data_dir", str(shared_data / "prosqa"), "--split", "valid", "--max_examples", "2",
+    main(["--ckpt", str(ckpt), "--data_dir", str(fixtures / "prosqa"), "--split", "valid", "--max_examples", "2",
           "--device", "cpu", "--out", str(out)])
     result = json.loads(out.read_text())
     settings = result["settings"]
@@ -131,6 +132,32 @@ def test_cli_checkpoint_carries_its_settings(tmp_path, ckpt, shared_data):
     assert settings["max_new_tokens"] == 8 and result["n"] == 2
     for e in result["examples"]:  # stage 1, c = 1: one thought, then at most 8 tokens
         assert e["n_tokens"] == 1 + len([t for t in e["generated_ids"] if t != EOS]) and len(e["generated_ids"]) <= 8
+
+
+def test_cli_question_of_ones_own(tmp_path, ckpt, fixtures, capsys):
+    """--question answers as evaluation answers the same question, and shows each thought."""
+    record = load_dataset("prosqa", "valid", data_dir=fixtures / "prosqa")[0]
+    asked, evaluated = tmp_path / "asked.json", tmp_path / "evaluated.json"
+    main(["--ckpt", str(ckpt), "--question", record["question"], "--device", "cpu", "--out", str(asked)])
+    stdout = capsys.readouterr().out
+    main(["--ckpt", str(ckpt), "--data_dir", str(fixtures / "prosqa"), "--split", "valid", "--max_examples", "1",
+          "--device", "cpu", "--probe", "--out", str(evaluated)])
+    asked, [evaluated] = json.loads(asked.read_text()), json.loads(evaluated.read_text())["examples"]
+    assert asked["generated_ids"] == evaluated["generated_ids"] and asked["output"] == evaluated["output"]
+    assert asked["thoughts"] == evaluated["thoughts"] and len(asked["thoughts"]) == 1  # the checkpoint's stage 1
+    assert "thought 1: " in stdout and f"answer: {asked['prediction']!r}" in stdout
+
+
+def test_a_question_with_a_token_the_model_does_not_know(tmp_path):
+    path = tmp_path / "scratch"
+    path.mkdir()
+    load_gpt("scratch", tokens=vocabulary([[dict(question="Is a cat a dog?", steps=[], answer="no")]]),
+             n_layer=1, n_head=1, n_embd=8).save(path)
+    (path / "run.json").write_text(json.dumps(train.resolve_config(train.parse_args([]))))
+    (path / "state.json").write_text(json.dumps(dict(epoch=1, step=0, stage=9, best_accuracy=None)))
+    result = run_cli("--ckpt", str(path), "--question", "Is a cat a zebra?", "--device", "cpu")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("error: the question: ' z', 'ebra' not in this model's vocabulary")
 
 
 def run_cli(*args):
@@ -142,7 +169,7 @@ def run_cli(*args):
     ("shapes", "model.safetensors: transformer."),  # "... has shape (96,), but the config asks for (192,)"
     ("dataset", "unknown dataset 'nope'"),
 ])
-def test_cli_errors_are_one_line(tmp_path, ckpt, tiny_gpt2_dir, shared_data, case, message):
+def test_cli_errors_are_one_line(tmp_path, ckpt, tiny_gpt2_dir, fixtures, case, message):
     if case == "shapes":  # a model.json that does not describe the weights next to it
         bad = tmp_path / "bad"
         bad.mkdir()
@@ -152,7 +179,7 @@ def test_cli_errors_are_one_line(tmp_path, ckpt, tiny_gpt2_dir, shared_data, cas
         (bad / "model.json").write_text(json.dumps({**config, "n_embd": 64}))
     args = {"missing": ["--ckpt", str(tmp_path / "nothing")], "shapes": ["--ckpt", str(tmp_path / "bad")],
             "dataset": ["--init_from", str(tiny_gpt2_dir), "--dataset", "nope"]}[case]
-    result = run_cli(*args, "--data_dir", str(shared_data / "prosqa"), "--device", "cpu")
+    result = run_cli(*args, "--data_dir", str(fixtures / "prosqa"), "--device", "cpu")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith("error: ") and message in result.stderr
@@ -161,7 +188,7 @@ def test_cli_errors_are_one_line(tmp_path, ckpt, tiny_gpt2_dir, shared_data, cas
 
 
 # -----------------------------------------------------------------------------------------------------------
-# ProsQA analysis (SPEC §9) on a hand-made graph:
+# ProsQA analysis (the paper's §5) on a hand-made graph:
 #     Tom -> wumpus -> zumpus (the target)      Ann -> rompus (the wrong option)
 #     Tom -> yumpus -> dumpus -> zumpus         Ann -> wumpus
 
@@ -218,9 +245,9 @@ def test_frontier_values(gpt, k, frontier):
             assert n["value"] == pytest.approx(naive_value(gpt, prompt, encode(" " + n["name"])), rel=1e-4)
 
 
-def test_prosqa_analysis_end_to_end(tmp_path, tiny_gpt2_dir, shared_data, prosqa, capsys):
+def test_prosqa_analysis_end_to_end(tmp_path, tiny_gpt2_dir, fixtures, prosqa, capsys):
     out, plots = tmp_path / "analysis.json", tmp_path / "plots"
-    main([*prosqa_args(tiny_gpt2_dir, shared_data), "--prosqa_analysis", "--out", str(out), "--plot_dir", str(plots)])
+    main([*prosqa_args(tiny_gpt2_dir, fixtures), "--prosqa_analysis", "--out", str(out), "--plot_dir", str(plots)])
     rows = json.loads(out.read_text())["prosqa_analysis"]
     assert [r["k"] for r in rows] == list(range(7))  # the prosqa preset: max_latent_stage 6, c 1
     for r in rows:

@@ -10,9 +10,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_gpt2_dir, shared_data):
+def setup(tiny_gpt2_dir, fixtures):
     gpt = load_gpt(str(tiny_gpt2_dir), dropout=0.0).cuda().eval()
-    records = data.load_dataset("prosqa", "valid", data_dir=shared_data / "prosqa")[:8]
+    records = data.load_dataset("prosqa", "valid", data_dir=fixtures / "prosqa")[:8]
     return gpt, tokenize(records)[0]
 
 

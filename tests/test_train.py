@@ -1,10 +1,13 @@
-"""train.py: it learns, it follows the schedule, it resumes exactly, and N processes equal one."""
+"""train.py: it learns, it follows the schedule, its loss does not depend on how a step is split, it resumes
+exactly, and N processes (on one machine or two) equal one."""
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from data import Curriculum
+from coconut import Coconut, load_gpt
+from common import Run, prefetch
+from data import collate, load_dataset, tokenize, vocabulary
+from recipes import PRESETS, curriculum
 
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny GPT from scratch on a few real ProsQA records; dropout and stage mixing on, so that resuming and
@@ -24,10 +30,10 @@ TINY = ["--dataset", "prosqa", "--init_from", "scratch", "--n_layer", "2", "--n_
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, shared_data):
+def data_dir(tmp_path_factory, fixtures):
     """ProsQA-format splits: 12 training records, 4 for validation and test."""
     path = tmp_path_factory.mktemp("prosqa")
-    records = json.loads((shared_data / "prosqa" / "prosqa_valid.json").read_text())
+    records = json.loads((fixtures / "prosqa" / "prosqa_valid.json").read_text())
     for split, part in (("train", records[:12]), ("valid", records[12:16]), ("test", records[16:20])):
         (path / f"prosqa_{split}.json").write_text(json.dumps(part))
     return path
@@ -37,8 +43,29 @@ def run(*args, timeout=300):
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args, nproc=2, nnodes=1, timeout=300):
+    """train.py under torchrun: nproc processes on each of nnodes "machines" (launches) on 127.0.0.1."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    rdzv = [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}"]
+    launches = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *rdzv,
+                                  "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=env) for _ in range(nnodes)]
+    outs = [p.communicate(timeout=timeout) for p in launches]
+    return [subprocess.CompletedProcess(p.args, p.returncode, out, err) for p, (out, err) in zip(launches, outs)]
+
+
 def weights(out_dir, name="latest"):
     return load_file(Path(out_dir) / name / "model.safetensors")
+
+
+def max_difference(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 def test_overfits_a_handful_through_the_stages(tmp_path, data_dir):
@@ -46,24 +73,31 @@ def test_overfits_a_handful_through_the_stages(tmp_path, data_dir):
     train.main([*TINY, "--data_dir", str(data_dir), "--out_dir", str(out), "--train_examples", "2", "--n_embd", "64",
                 "--max_latent_stage", "1", "--batch_size", "1", "--micro_batch_size", "1", "--epochs", "75",
                 "--epochs_per_stage", "25", "--val_examples", "1", "--dropout", "0", "--reset_optimizer", "never"])
-    losses = [json.loads(line)["train_loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    stages = [json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses, stages = [r["train_loss"] for r in rows], [r["stage"] for r in rows]
     assert stages == [0] * 25 + [1] * 25 + [2] * 25  # CoT, one step as a thought, then the final stage
-    assert losses[0] > 10 and losses[24] < 1.0  # stage 0 (CoT) is learnt
+    assert losses[0] > 3 and losses[24] < 0.2  # stage 0 (CoT) is learnt
     assert losses[25] > 2 * losses[24]  # a new stage is a new task: the loss jumps...
     assert losses[49] < 0.06 and losses[74] < 0.02  # ...and falls to near zero again, through the thoughts
     state = json.loads((out / "best" / "state.json").read_text())
     assert state["stage"] == 2  # the best is chosen at the final stage only
     assert json.loads((out / "test.json").read_text())["n"] == 4
+    if (out / "metrics.png").exists() or importlib_has("matplotlib"):
+        assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("dataset", list(train.PRESETS))
+def importlib_has(name):
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.parametrize("dataset", list(PRESETS))
 def test_stage_schedule_and_optimizer_resets_follow_the_presets(dataset):
     cfg = train.resolve_config(train.parse_args(["--dataset", dataset]))
-    cur = Curriculum(**{k: cfg[k] for k in train.CURRICULUM_FIELDS})
+    cur = curriculum(cfg)
     epochs = range(cfg["start_epoch"], cfg["epochs"])
     stages = [cur.stage(e) for e in epochs]
-    if dataset == "gsm8k":  # SPEC §5: from the CoT checkpoint at epoch 3, 3 epochs for each of stages 1, 2, 3
+    if dataset == "gsm8k":  # from the CoT checkpoint at epoch 3, 3 epochs for each of stages 1, 2, 3
         assert stages == [1] * 3 + [2] * 3 + [3] * 3 + [4] * 13 and cfg["cot_epochs"] == 25
     elif dataset in ("prosqa", "prontoqa"):  # 5 epochs per stage: CoT, stages 1..6, then the final stage
         assert stages == [s for s in range(7) for _ in range(5)] + [7] * 15
@@ -83,6 +117,100 @@ def test_optimizer_reset_takes_effect(tmp_path, data_dir):
         state = torch.load(out / "latest" / "optimizer.pt", weights_only=True)["state"]
         assert state[0]["step"].item() == steps
 
+
+# -----------------------------------------------------------------------------------------------------------
+# The loss of a step, however it is split
+
+@pytest.mark.parametrize("n, world, micro, sizes", [
+    (128, 8, 32, [[16]] * 8),             # the gsm8k preset on 8 GPUs: every one busy, with 16 sequences
+    (128, 1, 32, [[32, 32, 32, 32]]),
+    (8, 4, 2, [[2]] * 4),                 # 4 processes, 2 micro-batches of the old split: all busy now
+    (8, 2, 3, [[3, 1], [3, 1]]),
+    (5, 4, 32, [[2], [1], [1], [1]]),     # an epoch's last, smaller step: shares differ by one at most
+    (3, 4, 32, [[1], [1], [1], []]),      # fewer sequences than processes: train_step makes up a weightless one
+])
+def test_every_process_gets_an_even_share(n, world, micro, sizes):
+    shares = [train.micro_batches(n, rank, world, micro) for rank in range(world)]
+    assert [[end - start for start, end in share] for share in shares] == sizes
+    flat = [r for share in shares for r in share]
+    assert [i for start, end in flat for i in range(start, end)] == list(range(n))  # each sequence once, in order
+
+
+def test_prefetch_yields_every_item_in_order_and_builds_the_next_one_meanwhile():
+    started = [threading.Event() for _ in range(5)]
+
+    def build(i):
+        started[i].set()
+        return i * i
+
+    seen = []
+    for i, item in enumerate(prefetch(map(build, range(5)))):
+        seen.append(item)
+        if i < 4:  # the next item is built while the caller still works on this one
+            assert started[i + 1].wait(timeout=10)
+    assert seen == [0, 1, 4, 9, 16]
+
+    def fails(i):
+        raise ValueError(f"bad record {i}")
+
+    with pytest.raises(ValueError, match="bad record 0"):  # an error in the background reaches the caller
+        list(prefetch(map(fails, range(3))))
+
+
+class Capture:
+    """An optimizer that keeps the gradients of its step instead of applying them."""
+    def __init__(self, params):
+        self.params, self.grads = list(params), None
+
+    def step(self):
+        self.grads = [p.grad.clone() for p in self.params]
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+
+def test_loss_groups_make_the_step_independent_of_its_split(fixtures):
+    """Micro-batch sizes and process counts change how a step is computed, not its loss or its gradients; and the
+    loss is the mean over groups of each group's token mean, computed here from its definition."""
+    records = load_dataset("prosqa", "valid", data_dir=fixtures / "prosqa")[:8]
+    tokenized, _ = tokenize(records)
+    torch.manual_seed(0)
+    gpt = load_gpt("scratch", dropout=0.0, tokens=vocabulary([records]), n_layer=2, n_head=2, n_embd=32)
+    model, capture = Coconut(gpt), Capture(gpt.parameters())
+    cfg = dict(batch_size=8, loss_group=3, seed=0, uniform_prob=0.5)
+    cur = curriculum(dict(PRESETS["prosqa"], method="coconut", max_latent_stage=2, pad_latent_to_max=True,
+                          uniform_prob=0.5, icot_tokens_per_stage=8))
+    examples, weights = train.step_sequences(tokenized, list(range(8)), cur, 1, cfg, epoch=0, step=0)
+    assert len({e.n_latents for e in examples}) > 1  # stage mixing: rows at several stages
+
+    with torch.no_grad():  # the definition: groups of 3, 3 and 2 sequences, each one's token mean, averaged
+        group_means = [model(collate(examples[g:g + 3])).mean() for g in (0, 3, 6)]
+        definition = sum(group_means) / 3
+
+    def step(micro_batch_size, world):
+        """The gradients of a step split over `world` processes, summed as DistributedDataParallel sums them."""
+        grads, loss = None, 0.0
+        for rank in range(world):
+            mine = train.micro_batches(8, rank, world, micro_batch_size)
+            share = train.prepare(examples, weights, mine, [0] * len(mine))
+            share_loss, _ = train.train_step(model, contextlib.nullcontext, capture, share,
+                                             Run(torch.device("cpu"), contextlib.nullcontext(), rank, world))
+            loss += share_loss.item()
+            grads = capture.grads if grads is None else [g + h for g, h in zip(grads, capture.grads)]
+        return loss, [g / world for g in grads]  # DistributedDataParallel averages the processes' gradients
+
+    loss, reference = step(8, 1)
+    assert loss == pytest.approx(definition.item(), rel=1e-6)
+    for micro_batch_size, world in ((3, 1), (1, 1), (4, 2), (2, 2), (1, 8)):
+        loss, grads = step(micro_batch_size, world)
+        assert loss == pytest.approx(definition.item(), rel=1e-6), (micro_batch_size, world)
+        for g, r in zip(grads, reference):
+            assert (g - r).norm() <= 1e-5 * r.norm(), (micro_batch_size, world)
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Resuming, and many processes
 
 def test_killed_and_resumed_equals_uninterrupted(tmp_path, data_dir):
     args = [*TINY, "--data_dir", str(data_dir), "--batch_size", "4", "--micro_batch_size", "2", "--epochs", "4",
@@ -111,32 +239,80 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, data_dir):
     assert len(list(out.glob("ckpt-*"))) <= 2  # only what latest and best point at is kept
 
 
-def test_two_processes_equal_one(tmp_path, data_dir):
-    # At the paper's learning rate: AdamW turns the last-bit differences of another summation order into
-    # differences that grow with the learning rate, and this comparison is about which gradients are summed.
-    args = [*TINY, "--data_dir", str(data_dir), "--batch_size", "8", "--micro_batch_size", "2", "--epochs", "2",
-            "--uniform_prob", "0.5", "--val_examples", "2", "--lr", "1e-4"]
-    one = run(*args, "--out_dir", str(tmp_path / "one"))
-    assert one.returncode == 0, one.stderr
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-                          "train.py", *args, "--out_dir", str(tmp_path / "two")], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, env=env)
+# At the paper's learning rate: AdamW turns the last-bit differences of another summation order into differences
+# that grow with the learning rate, and these comparisons are about which gradients are summed.
+SHARDED = [*TINY, "--batch_size", "8", "--micro_batch_size", "2", "--epochs", "2", "--uniform_prob", "0.5",
+           "--val_examples", "2", "--lr", "1e-4"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, data_dir):
+    """The reference: one process, micro-batches of 2, dropout on."""
+    out = tmp_path_factory.mktemp("one")
+    result = run(*SHARDED, "--data_dir", str(data_dir), "--out_dir", str(out))
+    assert result.returncode == 0, result.stderr
+    return weights(out)
+
+
+def test_two_processes_equal_one(tmp_path, data_dir, one_process):
+    # Each process's share (4 sequences) is 2 micro-batches of the one-process run: even dropout is the same.
+    [two] = torchrun(*SHARDED, "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-3000:]
-    assert "2 process(es)" in two.stdout
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    assert "2 process(es)" in two.stdout and "(4 per process" in two.stdout
+    assert max_difference(one_process, weights(tmp_path / "two")) <= 1e-5
     torch.manual_seed(0)  # the run's initialisation: the weights moved far more than the tolerance
-    init = train.load_gpt("scratch", n_layer=2, n_head=2, n_embd=32).state_dict()
-    assert max((a[k] - init[k]).abs().max().item() for k in a) > 20 * 1e-5
+    records = [load_dataset("prosqa", s, data_dir=data_dir) for s in ("train", "valid", "test")]
+    init = load_gpt("scratch", tokens=vocabulary(records), n_layer=2, n_head=2, n_embd=32).state_dict()
+    assert max_difference(one_process, init) > 20 * 1e-5
+
+
+def test_micro_batch_size_and_process_count_do_not_change_training(tmp_path, data_dir):
+    """Without dropout (whose masks are drawn per micro-batch), any split of the steps trains the same model."""
+    runs = {(8, 1): None, (1, 1): None, (4, 2): None}
+    for micro, nproc in runs:
+        args = [*SHARDED, "--data_dir", str(data_dir), "--out_dir", str(tmp_path / f"{micro}x{nproc}"),
+                "--micro_batch_size", str(micro), "--dropout", "0"]
+        result = run(*args) if nproc == 1 else torchrun(*args, nproc=nproc)[0]
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[micro, nproc] = weights(tmp_path / f"{micro}x{nproc}")
+    reference = runs[8, 1]
+    for key, w in runs.items():
+        assert max_difference(reference, w) <= 1e-5, key
+
+
+def test_two_machines_equal_one_process(tmp_path, data_dir, one_process):
+    """Two torchrun launches that meet through a c10d rendezvous on 127.0.0.1, as two machines would."""
+    launches = torchrun(*SHARDED, "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "two_nodes"), nproc=1, nnodes=2)
+    for launch in launches:
+        assert launch.returncode == 0, launch.stderr[-3000:]
+    assert "2 process(es)" in "".join(launch.stdout for launch in launches)
+    assert max_difference(one_process, weights(tmp_path / "two_nodes")) <= 1e-5
+
+
+def test_two_processes_stopped_then_resumed_by_one_equal_one(tmp_path, data_dir, one_process):
+    out = tmp_path / "resumed"
+    [first] = torchrun(*SHARDED, "--data_dir", str(data_dir), "--out_dir", str(out), "--max_steps", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads((out / "latest" / "state.json").read_text())["step"] == 1  # mid-epoch: 2 steps per epoch
+    second = run(*SHARDED, "--data_dir", str(data_dir), "--out_dir", str(out), "--resume")
+    assert second.returncode == 0, second.stderr
+    assert max_difference(one_process, weights(out)) <= 1e-5
+
+
+def test_a_failure_on_one_process_ends_all_with_one_line(tmp_path, data_dir):
+    out = tmp_path / "fails"
+    (out / "metrics.jsonl").mkdir(parents=True)  # rank 0 cannot append to it at the end of epoch 0
+    start = time.time()
+    [result] = torchrun(*SHARDED, "--data_dir", str(data_dir), "--out_dir", str(out), timeout=240)
+    assert result.returncode != 0 and time.time() - start < 200  # over, not hanging
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "metrics.jsonl" in errors[0], result.stderr[-3000:]
+    assert 'train.py", line' not in result.stderr  # no traceback of ours
 
 
 @pytest.mark.parametrize("args,message", [
     (["--batch_size", "0"], "--batch_size must be at least 1"),
-    (["--batch_size", "6", "--micro_batch_size", "4"], "is not a multiple of --micro_batch_size"),
+    (["--loss_group", "0"], "--loss_group must be at least 1"),
     (["--resume"], "--resume: no run in"),
     (["--init_from", "no/such/model"], "unknown GPT-2 'no/such/model'"),
     (["--data_dir", "BAD"], "record 1: 'steps' must be a list of strings"),
@@ -152,3 +328,13 @@ def test_bad_input_gives_one_clear_line(tmp_path, data_dir, args, message):
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_batch_that_does_not_split_evenly_says_which_sizes_do(tmp_path, data_dir):
+    with pytest.raises(ValueError, match=r"--batch_size 6 does not split evenly over 4 processes: use a multiple of 4 "
+                                         r"\(such as 4 or 8\)"):
+        train.resolve_config(train.parse_args(["--dataset", "prosqa", "--batch_size", "6"]), world=4)
+    [result] = torchrun(*TINY, "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "out"), "--batch_size", "6",
+                        nproc=4)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode != 0 and len(errors) == 1 and "use a multiple of 4" in errors[0]

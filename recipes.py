@@ -1,0 +1,41 @@
+"""
+The training recipes, as plain data: the paper's three (§4.2 and the authors' released configs) and the
+offline default. A run's config is DEFAULTS, then its dataset's preset, then the flags given; train.py saves
+it with every checkpoint (run.json), and eval.py reads it back from there.
+"""
+import dataclasses
+
+from data import Curriculum
+
+DEFAULTS = dict(
+    method="coconut", init_from="gpt2", new_token_init="copy", dropout=0.1,
+    lr=1e-4, weight_decay=0.01, beta1=0.9, beta2=0.999,
+    batch_size=128,          # sequences per optimizer step, over all processes: 32 per GPU x 4 GPUs in the paper
+    micro_batch_size=32,     # sequences per forward pass: a memory knob, it does not change the loss
+    loss_group=32,           # the loss is the mean over groups of this many sequences of each group's token mean
+    reset_optimizer="epoch",  # the authors' code re-creates AdamW every epoch (the paper says every stage)
+    pad_latent_to_max=True, uniform_prob=0.0, icot_tokens_per_stage=8, start_epoch=0, cot_epochs=0,
+    eval_batch_size=64, train_examples=None, val_examples=None,
+)
+PRESETS = {
+    "gsm8k": dict(c_thought=2, max_latent_stage=3, epochs_per_stage=3, epochs=25, max_new_tokens=64,
+                  cot_epochs=25,   # first plain CoT; the method starts from its best epoch (the authors: epoch 6)
+                  start_epoch=3),  # ... at epoch 3, so that 3 epochs per stage give stage 1 right away
+    "prontoqa": dict(c_thought=1, max_latent_stage=6, epochs_per_stage=5, epochs=50, max_new_tokens=128),
+    "prosqa": dict(c_thought=1, max_latent_stage=6, epochs_per_stage=5, epochs=50, max_new_tokens=128),
+    # The offline default: a tiny GPT from scratch on the shell game (synthetic.py), every stage on a 2-core CPU.
+    "shellgame": dict(init_from="scratch", n_layer=2, n_head=4, n_embd=128, dropout=0.0, lr=2e-3,
+                      c_thought=1, max_latent_stage=8, epochs_per_stage=2, epochs=19, max_new_tokens=64,
+                      batch_size=16, micro_batch_size=16),
+    # Three-hop questions from one fixed ontology (synthetic.py) in ProsQA's format.
+    "ontology": dict(init_from="scratch", n_layer=2, n_head=4, n_embd=128, dropout=0.0, lr=2e-3,
+                     c_thought=1, max_latent_stage=3, epochs_per_stage=2, epochs=10, max_new_tokens=32,
+                     batch_size=16, micro_batch_size=16),
+}
+DEFAULT_DATASET = "ontology"
+CURRICULUM_FIELDS = [f.name for f in dataclasses.fields(Curriculum)]
+
+
+def curriculum(cfg):
+    """The Curriculum a run's config describes."""
+    return Curriculum(**{k: cfg[k] for k in CURRICULUM_FIELDS})
