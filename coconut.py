@@ -162,7 +162,17 @@ def load_gpt(init_from, new_token_init="copy", dropout=0.1, tokens=None, **scrat
     """
     if init_from == "scratch":
         vocab = dict(vocab_size=len(tokens), tokens=list(tokens)) if tokens is not None else dict(vocab_size=VOCAB_SIZE)
-        return GPT(GPTConfig(dropout=dropout, **vocab, **scratch))
+        gpt = GPT(GPTConfig(dropout=dropout, **vocab, **scratch))
+        # A thought is ln_f's output, whose scale per dimension is ln_f's gain (1 at GPT-2's init), fed back where a
+        # token embedding (0.02) would be, with a position embedding (0.02) added: it would drown the position of
+        # its column, which a thought needs to find what to work on. From scratch, embeddings and the gain start at
+        # one scale, n_embd^-1/4, so that a thought enters like a token and the tied LM head starts at unit logits.
+        scale = gpt.config.n_embd ** -0.25
+        with torch.no_grad():
+            gpt.transformer.wte.weight.normal_(0.0, scale)
+            gpt.transformer.wpe.weight.normal_(0.0, scale)
+            gpt.transformer.ln_f.weight.fill_(scale)
+        return gpt
     gpt = GPT.from_pretrained(init_from, dropout)
     if gpt.config.tokens is not None:  # a model from scratch with a vocabulary of its own, latent tokens included
         return gpt

@@ -15,25 +15,26 @@ from dataclasses import dataclass
 # -----------------------------------------------------------------------------
 # The shell game, the offline default (README, "The offline default")
 #
-# A ball lies under one of five cups, A to E; then two cups at a time change places, eight times. Where is
-# the ball? One swap is easy: the ball moves iff its cup is one of the two. Eight swaps compose eight
-# order-dependent steps (permutations: Merrill et al. 2024, "The Illusion of State in State-Space Models";
-# Li et al. 2024, "Chain of Thought Empowers Transformers to Solve Inherently Serial Problems"), which a
-# shallow transformer cannot do in one forward pass but can do one step at a time: in written steps, or in
-# continuous thoughts. There are 5 * 10^8 questions, far too many to learn by heart.
+# A ball lies under one of five cups, A to E; then two cups at a time change places, four times. Where is the
+# ball? One swap is easy: the ball moves iff its cup is one of the two. Four swaps compose four order-dependent
+# steps (permutations: Merrill et al. 2024, "The Illusion of State in State-Space Models"; Li et al. 2024,
+# "Chain of Thought Empowers Transformers to Solve Inherently Serial Problems"), which a shallow transformer
+# does not do in one forward pass but does one step at a time: in written steps, or in continuous thoughts.
 #
-#     question: The ball is under cup C. Swaps: AD CE BC AB DE AC BD AE. Where is the ball?
-#     steps:    After AD: C. / After CE: E. / After BC: E. / ... / After AE: A.
+#     question: The ball is under cup C. Swaps: AD CE BC AB. Where is the ball?
+#     steps:    AD: C C / CE: C E / BC: E B / AB: B A      (the swap, where the ball was, where it is)
 #     answer:   A
 #
-# Every swap is one token (" AD"), so swap j sits in a fixed column of every question, and thought j can
-# find it at a fixed distance behind itself. Each written step names its swap before the ball's new cup, so
-# that a step is a copy and a lookup of what was just written, both quick for a small model to learn.
+# Every swap is one token (" AD"), so swap j sits in a fixed column of every question, and thought j finds it at
+# a fixed distance behind itself. A written step names its swap, then the ball's cup before and after it: the
+# cup before is a copy from three tokens back (the last step's, or the last thought's), and the cup after is
+# computed from the two tokens just written, where the cup before is the position's own input, as a thought's
+# state is its own input. Both are quick for a small model to learn, and they carry over to the thoughts.
 
 CUPS = "ABCDE"
 
 
-def shell_game(n, seed, exclude=frozenset(), cups=5, swaps=8):
+def shell_game(n, seed, exclude=frozenset(), cups=5, swaps=4):
     """n shell-game questions, none of whose questions is in exclude; the same seed gives the same records."""
     names = CUPS[:cups]
     rng = random.Random(seed)
@@ -43,9 +44,9 @@ def shell_game(n, seed, exclude=frozenset(), cups=5, swaps=8):
         pairs, steps = [], []
         for _ in range(swaps):
             a, b = sorted(rng.sample(range(cups), 2))
-            ball = b if ball == a else a if ball == b else ball
+            before, ball = ball, b if ball == a else a if ball == b else ball
             pairs.append(names[a] + names[b])
-            steps.append(f"After {pairs[-1]}: {names[ball]}.")
+            steps.append(f"{pairs[-1]}: {names[before]} {names[ball]}")
         question = f"The ball is under cup {names[start]}. Swaps: {' '.join(pairs)}. Where is the ball?"
         if question not in exclude:
             records.append({"question": question, "steps": steps, "answer": names[ball]})
@@ -328,7 +329,7 @@ def generate_ontology(n, seed, exclude=frozenset()):
 # The generated datasets: each split is a function of its seed; held-out splits exclude every training question.
 
 GENERATED = {  # name -> (generator of (n, seed, exclude), {split: (records, seed)})
-    "shellgame": (shell_game, {"train": (6000, 1), "valid": (200, 2), "test": (500, 3)}),
+    "shellgame": (shell_game, {"train": (8000, 1), "valid": (200, 2), "test": (500, 3)}),
     "ontology": (generate_ontology, {"train": (3000, 1), "valid": (200, 2), "test": (500, 3)}),
 }
 

@@ -311,6 +311,7 @@ def plot_metrics(out_dir):
     acc_ax.plot(epochs, [r["val_accuracy"] for r in rows], marker=".", color="C2")
     acc_ax.set(xlabel="epoch", ylabel="validation accuracy", ylim=(0, 1.02))
     for ax in (loss_ax, acc_ax):
+        ax.xaxis.get_major_locator().set_params(integer=True)
         for prev, row in zip(rows, rows[1:]):
             if row["stage"] != prev["stage"]:
                 ax.axvline(row["epoch"] - 0.5, color="gray", lw=0.6, ls=":")

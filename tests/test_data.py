@@ -374,10 +374,10 @@ def test_shell_game_answers_and_steps_are_right():
     records = [r for split in generated("shellgame").values() for r in split]
     for r in records:
         where = solve_shell_game(r["question"])
-        swaps = SHELL.fullmatch(r["question"])[2].split()
-        assert len(where) == 8 and all(a < b for a, b in swaps)
+        start, swaps = SHELL.fullmatch(r["question"])[1], SHELL.fullmatch(r["question"])[2].split()
+        assert len(where) == 4 and all(a < b for a, b in swaps)
         assert r["answer"] == where[-1]
-        assert r["steps"] == [f"After {s}: {w}." for s, w in zip(swaps, where)]
+        assert r["steps"] == [f"{s}: {before} {after}" for s, before, after in zip(swaps, [start] + where, where)]
     assert len({r["answer"] for r in records}) == 5
     moved = sum(w != r["question"][22] for r in records for w in solve_shell_game(r["question"])[:1])
     assert 0.3 < moved / len(records) < 0.5  # the first swap moves the ball 2 times in 5
@@ -390,9 +390,9 @@ def test_shell_game_is_deterministic_and_each_swap_is_one_token_at_a_fixed_place
     assert len({len(t) for t in tokenized}) == 1  # every question has the same length...
     swap_tokens = {data.encode(" " + a + b)[0] for a, b in itertools.combinations("ABCDE", 2)}
     assert len(swap_tokens) == 10 and all(len(data.encode(" " + a + b)) == 1 for a, b in itertools.combinations("ABCDE", 2))
-    for t in tokenized:  # ...and its 8 swaps, one token each, in the same 8 columns
+    for t in tokenized:  # ...and its 4 swaps, one token each, in the same 4 columns
         assert [i for i, x in enumerate(t) if x in swap_tokens] == [i for i, x in enumerate(tokenized[0]) if x in swap_tokens]
-        assert sum(x in swap_tokens for x in t) == 8
+        assert sum(x in swap_tokens for x in t) == 4
 
 
 def test_cli_generate(tmp_path):

@@ -50,13 +50,23 @@ def free_port():
 
 
 def torchrun(*args, nproc=2, nnodes=1, timeout=300):
-    """train.py under torchrun: nproc processes on each of nnodes "machines" (launches) on 127.0.0.1."""
+    """train.py under torchrun: nproc processes on each of nnodes "machines" (launches) on 127.0.0.1, the first
+    of which hosts the rendezvous."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    rdzv = [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}"]
-    launches = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *rdzv,
-                                  "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, env=env) for _ in range(nnodes)]
-    outs = [p.communicate(timeout=timeout) for p in launches]
+    port = free_port()
+    launches = []
+    for node in range(nnodes):
+        rdzv = [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                f"--rdzv-conf=is_host={int(node == 0)}", "--local-addr=127.0.0.1"]
+        launches.append(subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                                          *rdzv, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True, env=env, start_new_session=True))
+    try:
+        outs = [p.communicate(timeout=timeout) for p in launches]
+    finally:
+        for p in launches:  # nothing outlives the test, even when it fails
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
     return [subprocess.CompletedProcess(p.args, p.returncode, out, err) for p, (out, err) in zip(launches, outs)]
 
 
@@ -103,10 +113,13 @@ def test_stage_schedule_and_optimizer_resets_follow_the_presets(dataset):
         assert stages == [s for s in range(7) for _ in range(5)] + [7] * 15
     assert stages[-1] == cur.final_stage
     # The authors' code re-creates AdamW every epoch; the paper's alternative at stage switches only.
-    assert [train.resets_optimizer(cfg, cur, e) for e in epochs] == [e > cfg["start_epoch"] for e in epochs]
-    by_stage = dict(cfg, reset_optimizer="stage")
+    if dataset in ("gsm8k", "prosqa", "prontoqa"):
+        assert cfg["reset_optimizer"] == "epoch"
+    by_epoch, by_stage = dict(cfg, reset_optimizer="epoch"), dict(cfg, reset_optimizer="stage")
+    assert [train.resets_optimizer(by_epoch, cur, e) for e in epochs] == [e > cfg["start_epoch"] for e in epochs]
     assert [e for e in epochs if train.resets_optimizer(by_stage, cur, e)] == \
         [e for e in epochs[1:] if cur.stage(e) != cur.stage(e - 1)]
+    assert not any(train.resets_optimizer(dict(cfg, reset_optimizer="never"), cur, e) for e in epochs)
 
 
 def test_optimizer_reset_takes_effect(tmp_path, data_dir):
