@@ -147,8 +147,9 @@ class Coconut(nn.Module):
 
 
 def compile_loss(module, backend="inductor"):
-    """A Coconut, or DistributedDataParallel around one, whose forward (the training loss) runs compiled; under
-    DistributedDataParallel the compiler cuts the graph at gradient buckets, so reductions overlap the backward."""
+    """A Coconut, or DistributedDataParallel around one, whose forward (the training loss) runs compiled. Around
+    DistributedDataParallel, PyTorch cuts the graph at its gradient buckets (torch._dynamo.config.optimize_ddp),
+    so that their reductions can overlap the backward pass."""
     return torch.compile(module, fullgraph=True, dynamic=True, backend=backend)
 
 

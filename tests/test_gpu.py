@@ -46,3 +46,27 @@ def test_cuda_graph_generation_equals_eager(setup, dtype):
             assert compiled.tokens == eager.tokens and compiled.n_tokens == eager.n_tokens
             assert torch.allclose(compiled.thoughts, eager.thoughts, atol=1e-2 if dtype == torch.bfloat16 else 1e-4)
     assert counters["stats"]["unique_graphs"] <= 2
+
+
+def test_cuda_compiled_training_equals_eager(setup):
+    """train.py --compile on a GPU: the whole loss compiled (inductor's kernels), one graph per number of thoughts."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    gpt, tokenized = setup
+    torch._dynamo.reset()
+    counters.clear()
+    model = Coconut(gpt).train()  # dropout is 0.0 in this fixture: compiled and eager see the same masks (none)
+    compiled = model.compiled()
+    cur = Curriculum(max_latent_stage=2)
+    for stages in ([1, 2, 0, 2], [2, 1, 1, 0], [1, 1, 0, 1]):
+        batch = collate([cur.example(t, s) for t, s in zip(tokenized, stages)]).to("cuda")
+        gpt.zero_grad()
+        losses = compiled(batch)
+        losses.mean().backward()
+        grads = [p.grad.clone() for p in gpt.parameters()]
+        gpt.zero_grad()
+        eager = model(batch)
+        eager.mean().backward()
+        assert ((losses - eager).abs() / eager).max() <= 1e-4
+        assert all((p.grad - g).norm() <= 1e-3 * p.grad.norm() for p, g in zip(gpt.parameters(), grads))
+    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]  # 1 and 2 thoughts
