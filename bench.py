@@ -13,16 +13,35 @@ batches are real GSM8k-Aug test records at the final stage of the paper's GSM8k 
   generation        batched greedy decoding with the KV cache against batch-1 decoding without it, which
                     recomputes the whole sequence for every new token (the authors' generation); in
                     float32 the two produce the same tokens (in bf16, rounding can flip a near tie)
+
+    python bench.py --recipe prosqa --device cuda --compile    # or gsm8k; flags after -- go to train.py
+
+projects the wall time of a paper's recipe (README, "Reproducing the paper") from a shortened run of train.py
+on records of the dataset's shape (ProsQA: graphs with the paper's settings, Algorithm 1; GSM8k-Aug: its test
+records drawn with replacement) and a GPT of GPT-2's shapes with random weights: two epochs of every stage,
+the second of which (compiled already) is scaled to the recipe's number of records and epochs.
 """
 import argparse
+import json
+import math
+import random
 import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from coconut import Coconut, load_gpt, naive_forward, naive_generate
 from common import setup
-from data import Curriculum, collate, load_dataset, tokenize
+from data import VOCAB_SIZE, Curriculum, collate, load_dataset, tokenize
+from gpt import GPT, GPTConfig
+from recipes import DEFAULTS, PRESETS, curriculum
+from synthetic import PAPER, generate_prosqa
+
+RECIPE_SPLITS = {"prosqa": (17_886, 300), "gsm8k": (385_620, 500)}  # the real splits: training and validation records
 
 
 def timed(fns, device, repeat, warmup):
@@ -49,6 +68,9 @@ def timed(fns, device, repeat, warmup):
 
 def main():
     p = argparse.ArgumentParser(description="Speed and memory of Coconut against reference runs (see the docstring).")
+    p.add_argument("--recipe", choices=RECIPE_SPLITS, help="project this recipe's wall time from a shortened run instead")
+    p.add_argument("--recipe_examples", type=int, default=1280, help="--recipe: training records of the shortened run")
+    p.add_argument("--recipe_val_examples", type=int, help="--recipe: validation records (default: as many as the real split)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="auto: bf16 on GPUs that have it")
     p.add_argument("--compile", action="store_true", help="torch.compile the training model and the decode step")
@@ -62,7 +84,15 @@ def main():
     p.add_argument("--naive_examples", type=int, help="examples decoded one by one without cache (default 8 GPU, 2 CPU)")
     p.add_argument("--repeat", type=int, default=3, help="timed rounds, the measurements taking turns (each reports its median)")
     p.add_argument("--data_dir", help="folder with GSM8k-Aug's test.txt (default: downloaded once into the cache)")
-    args = p.parse_args()
+    args, train_flags = p.parse_known_args()
+    if args.recipe:
+        return recipe(args, [f for f in train_flags if f != "--"])
+    if train_flags:
+        p.error(f"unrecognized arguments: {' '.join(train_flags)}")
+    steps_and_generation(args)
+
+
+def steps_and_generation(args):
     device, autocast, _, _ = setup(args.device, args.dtype)
     cuda = device.type == "cuda"
     B, G = args.batch_size or (32 if cuda else 16), args.gen_batch_size
@@ -74,8 +104,9 @@ def main():
     train_model = Coconut(gpt)
     plain = Coconut(gpt, feedback=False)
     records = load_dataset("gsm8k", "test", data_dir=args.data_dir)
+    records = [records[i % len(records)] for i in range(max(B, G))]  # a file of fewer records fills the batches
     cur = Curriculum(c_thought=2, max_latent_stage=3)  # the GSM8k preset: 6 thoughts at the final stage
-    tokenized, _ = tokenize(records[:max(B, G)], max_latents=6)
+    tokenized, _ = tokenize(records, max_latents=6)
     batch = collate([cur.example(t, cur.final_stage) for t in tokenized[:B]]).to(device)
     tokens = int(batch.mask.sum())
 
@@ -147,6 +178,67 @@ def main():
           f"| batched outputs identical to batch-1 naive ones | {agree} of {n_naive} |")
     if not cuda:
         print(f"\npeak resident memory of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
+def recipe_data(name, n_train, n_val, data_dir, folder):
+    """Records of the dataset's shape, written into folder as train.py reads them."""
+    sizes = {"train": n_train, "valid": n_val, "test": n_val}
+    if name == "prosqa":
+        for seed, (split, n) in enumerate(sizes.items()):
+            (folder / f"prosqa_{split}.json").write_text(json.dumps(generate_prosqa(n, seed, PAPER)))
+        return
+    records, rng = load_dataset("gsm8k", "test", data_dir=data_dir), random.Random(0)
+    for split, n in sizes.items():  # the iCoT format: question||steps #### answer
+        lines = [f"{r['question']}||{' '.join(r['steps'])} #### {r['answer']}" for r in rng.choices(records, k=n)]
+        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def project(cfg, steady, n_train, n_val, n_train_recipe, n_val_recipe):
+    """Seconds of training and of validation per epoch of each stage in the recipe, from a line of metrics.jsonl
+    for each stage (steady: {stage: metrics}) scaled to the recipe's records; and the recipe's schedule: the stage
+    of each of its epochs, those of its CoT phase (if any) first."""
+    cur = curriculum(cfg)
+    schedule = [0] * cfg["cot_epochs"] + [cur.stage(e) for e in range(cfg["start_epoch"], cfg["epochs"])]
+    val_batches = math.ceil(n_val_recipe / cfg["eval_batch_size"]) / math.ceil(n_val / cfg["eval_batch_size"])
+    per_epoch = {s: (m["seconds"] * n_train_recipe / n_train, m["val_seconds"] * val_batches) for s, m in steady.items()}
+    return per_epoch, schedule
+
+
+def recipe(args, train_flags):
+    """--recipe: run train.py for two epochs of every stage, then project the recipe from the second of each."""
+    name, n_train = args.recipe, args.recipe_examples
+    n_train_recipe, n_val_recipe = RECIPE_SPLITS[name]
+    n_val = args.recipe_val_examples or n_val_recipe
+    preset = {**DEFAULTS, **PRESETS[name]}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "data").mkdir()
+        recipe_data(name, n_train, n_val, args.data_dir, tmp / "data")
+        torch.manual_seed(0)
+        GPT(GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, vocab_size=VOCAB_SIZE)).save(tmp)
+        flags = [*train_flags, "--dataset", name, "--data_dir", str(tmp / "data"), "--init_from", str(tmp),
+                 "--out_dir", str(tmp / "out"), "--cot_epochs", "0", "--start_epoch", "0", "--epochs_per_stage", "2",
+                 "--epochs", str(2 * curriculum(preset).final_stage + 2), "--device", args.device, "--dtype", args.dtype,
+                 *(["--compile"] if args.compile else [])]  # the schedule's flags last: they win over train_flags
+        if subprocess.run([sys.executable, str(Path(__file__).with_name("train.py")), *flags]).returncode:
+            sys.exit("bench.py --recipe: the shortened run of train.py failed (its error is above)")
+        metrics = [json.loads(line) for line in (tmp / "out" / "metrics.jsonl").read_text().splitlines()]
+        run = json.loads((tmp / "out" / "latest" / "run.json").read_text())
+    # The recipe as the shortened run ran it (batch sizes may be overridden), with the recipe's own schedule.
+    cfg = {**run, **{k: preset[k] for k in ("cot_epochs", "start_epoch", "epochs_per_stage", "epochs")}}
+    steady = {m["stage"]: m for m in metrics[1::2]}  # the second epoch of each stage: compiled already
+    per_epoch, schedule = project(cfg, steady, n_train, n_val, n_train_recipe, n_val_recipe)
+    cur = curriculum(cfg)
+    print(f"\n{name} recipe, projected from {n_train:,} training and {n_val:,} validation records (the recipe's: "
+          f"{n_train_recipe:,} and {n_val_recipe:,}); model {args.n_layer}x{args.n_embd}; torch {torch.__version__}\n")
+    print("| stage | thoughts | epochs | training s/epoch | validation s/epoch | tok/s | MFU |\n|---|---|---|---|---|---|---|")
+    for stage, m in steady.items():
+        mfu = f"{m['mfu']:.1%}" if "mfu" in m else "-"
+        print(f"| {stage} | {min(stage, cur.max_latent_stage) * cur.c_thought} | {schedule.count(stage)} | "
+              f"{per_epoch[stage][0]:,.0f} | {per_epoch[stage][1]:,.0f} | {m['tokens_per_second']:,} | {mfu} |")
+    train, val = (sum(per_epoch[s][i] for s in schedule) for i in (0, 1))
+    print(f"\nprojected: {(train + val) / 3600:.2f} h ({train / 3600:.2f} h of training, {val / 3600:.2f} h of "
+          f"validation; without start-up and the test)")
 
 
 if __name__ == "__main__":

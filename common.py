@@ -9,6 +9,7 @@ published by atomically re-pointing a link, so that a crash at any moment leaves
 """
 import argparse
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -125,6 +126,9 @@ def one_line_errors():
         sys.exit(f"error: {e}" if rank() == 0 or dist.is_initialized() else 1)
     finally:
         if dist.is_initialized():
+            # A DistributedDataParallel that is garbage but in a reference cycle still holds the process group:
+            # collected now, it goes before the group does, not while the interpreter shuts down (which can abort).
+            gc.collect()
             dist.destroy_process_group()
 
 

@@ -215,12 +215,14 @@ def end_of_epoch(cfg, model, optimizer, valid, decode_step, state, stats, run):
     """Validate, log a line of metrics.jsonl (and redraw metrics.png), write `latest` and perhaps `best`."""
     epoch, stage, out_dir, curriculum, gpt = state["epoch"], state["stage"], Path(cfg["out_dir"]), curriculum_of(cfg), model.gpt
     loss_sum, n_steps, n_tokens, n_sequences, seconds = (sum(x) for x in zip(*gather([stats])))
+    t0 = time.time()
     results = evaluate(model, valid, curriculum, stage, cfg["max_new_tokens"], cfg["eval_batch_size"], with_loss=True,
                        step=decode_step, device=run.device, autocast=run.autocast, progress=True)
     seconds /= run.world
     metrics = dict(epoch=epoch, stage=stage, train_loss=loss_sum / max(n_steps, 1), val_loss=results["loss"],
                    val_accuracy=results["accuracy"], val_mean_tokens=results["mean_tokens"],
-                   seconds=round(seconds, 1), tokens_per_second=round(n_tokens / seconds))
+                   seconds=round(seconds, 2), tokens_per_second=round(n_tokens / seconds),
+                   val_seconds=round(time.time() - t0, 2))
     if run.device.type == "cuda":  # model FLOPs utilisation of the training steps, per GPU, against its bf16 peak
         metrics["mfu"] = gpt.mfu(n_tokens / seconds / run.world, n_tokens / max(n_sequences, 1), run.device)
     state.update(epoch=epoch + 1, step=0)

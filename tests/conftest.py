@@ -64,3 +64,18 @@ def tiny_gpt2_dir(tmp_path_factory):
 def tiny_gpt2_bin_dir(tmp_path_factory):
     """The same tiny GPT-2 saved as config.json + pytorch_model.bin."""
     return _tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2-bin"), safe_serialization=False)
+
+
+def assert_compiled_equals_eager(compiled, model, batches, loss_rtol, grad_rtol):
+    """The compiled training loss against eager, batch by batch: the losses and every parameter's gradient."""
+    params = list(model.gpt.parameters())
+    for batch in batches:
+        model.gpt.zero_grad()
+        losses = compiled(batch)
+        losses.mean().backward()
+        grads = [p.grad.clone() for p in params]
+        model.gpt.zero_grad()
+        eager = model(batch)
+        eager.mean().backward()
+        assert ((losses - eager).abs() / eager).max() <= loss_rtol
+        assert all((p.grad - g).norm() <= grad_rtol * p.grad.norm() for p, g in zip(params, grads))

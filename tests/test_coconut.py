@@ -5,10 +5,10 @@ no padding, no cache; for each latent in order, recompute the whole prefix and t
 """
 import pytest
 import torch
-import torch.nn.functional as F
 
 import data
 from coconut import Coconut, load_gpt, naive_forward, naive_generate
+from conftest import assert_compiled_equals_eager
 from data import EOS, Curriculum, collate, tokenize
 from gpt import GPT
 
@@ -151,13 +151,4 @@ def test_compiled_training_matches_eager(tiny_gpt2_dir, records):
             m.p = 0.0
         if hasattr(m, "dropout") and isinstance(m.dropout, float):
             m.dropout = 0.0
-    for batch in batches:
-        gpt.zero_grad()
-        losses = compiled(batch)
-        losses.mean().backward()
-        grads = [p.grad.clone() for p in gpt.parameters()]
-        gpt.zero_grad()
-        eager = model(batch)
-        eager.mean().backward()
-        assert ((losses - eager).abs() / eager).max() <= 1e-5
-        assert all((p.grad - g).norm() <= 1e-4 * p.grad.norm() for p, g in zip(gpt.parameters(), grads))
+    assert_compiled_equals_eager(compiled, model, batches, loss_rtol=1e-5, grad_rtol=1e-4)
