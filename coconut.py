@@ -137,20 +137,15 @@ class Coconut(nn.Module):
 
     def compiled(self, backend="inductor"):
         """forward under torch.compile, for training: every pass of the loop in one graph, so that AOTAutograd makes
-        one forward and one backward graph for each number of thoughts, whatever the lengths (dynamic shapes)."""
-        return compile_loss(self, backend)
+        one forward and one backward graph for each number of thoughts, whatever the lengths (dynamic shapes).
+        Wrapped in DistributedDataParallel, the graph is cut at its gradient buckets (torch._dynamo.config.optimize_ddp),
+        so that their reductions overlap the backward pass."""
+        return torch.compile(self, fullgraph=True, dynamic=True, backend=backend)
 
     def compiled_step(self):
         """decode_step under torch.compile; on CUDA with CUDA graphs, since every step has the same shapes."""
         mode = "reduce-overhead" if next(self.parameters()).is_cuda else None
         return torch.compile(self.decode_step, mode=mode, fullgraph=True)
-
-
-def compile_loss(module, backend="inductor"):
-    """A Coconut, or DistributedDataParallel around one, whose forward (the training loss) runs compiled. Around
-    DistributedDataParallel, PyTorch cuts the graph at its gradient buckets (torch._dynamo.config.optimize_ddp),
-    so that their reductions can overlap the backward pass."""
-    return torch.compile(module, fullgraph=True, dynamic=True, backend=backend)
 
 
 def load_gpt(init_from, new_token_init="copy", dropout=0.1, tokens=None, **scratch):

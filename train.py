@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from coconut import Coconut, compile_loss, load_gpt
+from coconut import Coconut, load_gpt
 from common import (gather, load_optimizer, load_state, on_every_rank, one_line_errors, parse_bool, prefetch, print0,
                     progress_bar, save_checkpoint, setup)
 from data import METHODS, collate, load_dataset, tokenize, vocabulary
@@ -248,11 +248,12 @@ def train_phase(cfg, data, run):
         print0(f"{out_dir}: finished already")
         return out_dir / "best"
     model = Coconut(gpt, feedback=curriculum.feedback)
+    forward = model.compiled() if cfg["compile"] else model
     # One forward call runs a whole micro-batch, thoughts and all: weights reused by the latent passes are
     # reduced once. Buffers (a vocabulary of its own) never change, so they are not broadcast at every step.
-    ddp = DistributedDataParallel(model, broadcast_buffers=False) if run.world > 1 else model
-    forward = compile_loss(ddp) if cfg["compile"] else ddp
-    no_sync = ddp.no_sync if run.world > 1 else nullcontext
+    if run.world > 1:
+        forward = DistributedDataParallel(forward, broadcast_buffers=False)
+    no_sync = forward.no_sync if run.world > 1 else nullcontext
     decode_step = model.compiled_step() if cfg["compile"] else None
     if run.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)

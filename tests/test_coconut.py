@@ -152,3 +152,33 @@ def test_compiled_training_matches_eager(tiny_gpt2_dir, records):
         if hasattr(m, "dropout") and isinstance(m.dropout, float):
             m.dropout = 0.0
     assert_compiled_equals_eager(compiled, model, batches, loss_rtol=1e-5, grad_rtol=1e-4)
+
+
+def test_compiled_training_inside_distributed_data_parallel_matches_eager(tiny_gpt2_dir, records):
+    """train.py --compile under torchrun: DistributedDataParallel around the compiled loss (dynamo's DDP support
+    then cuts the graph at gradient buckets) traces whole and computes what eager computes; one process suffices
+    to check the composition, since tests/test_train.py checks that N processes equal one."""
+    import socket
+
+    import torch._dynamo
+    import torch.distributed as dist
+    from torch._dynamo.utils import counters
+    from torch.nn.parallel import DistributedDataParallel
+    torch._dynamo.reset()
+    counters.clear()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        gpt = load_gpt(str(tiny_gpt2_dir), dropout=0.0)
+        model = Coconut(gpt).train()
+        ddp = DistributedDataParallel(model.compiled(backend="aot_eager"), broadcast_buffers=False)
+        prosqa, gsm8k = records
+        cur = Curriculum(c_thought=1, max_latent_stage=2)
+        batches = [collate([cur.example(r, s) for r, s in zip(prosqa[:3], [1, 2, 0])]),
+                   collate([cur.example(r, s) for r, s in zip(gsm8k[:3], [2, 2, 1])])]
+        assert_compiled_equals_eager(ddp, model, batches, loss_rtol=1e-5, grad_rtol=1e-4)
+        assert not counters["graph_break"]
+    finally:
+        dist.destroy_process_group()
