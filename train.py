@@ -199,13 +199,14 @@ def train_step(forward, no_sync, optimizer, micro_batches, run):
     """
     loss_sum, n_tokens = torch.zeros((), device=run.device), 0
     for m, (batch, token_weights, seed) in enumerate(micro_batches):
+        n_tokens += int(batch.mask.sum())  # counted on the host, before the batch moves: no wait for the device
         batch, token_weights = batch.to(run.device), token_weights.to(run.device, non_blocking=True)
         torch.manual_seed(seed)  # dropout masks: a function of the micro-batch's place in the step
         last = m == len(micro_batches) - 1
         with no_sync() if not last else nullcontext(), run.autocast:
             loss = (forward(batch) * token_weights).sum()
             (loss * run.world).backward()
-        loss_sum, n_tokens = loss_sum + loss.detach(), n_tokens + int(batch.mask.sum())
+        loss_sum = loss_sum + loss.detach()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, n_tokens
