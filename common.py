@@ -5,21 +5,30 @@ line, and the checkpoint format.
 
 A checkpoint is a directory: model.safetensors and model.json (the GPT), run.json (the run's whole config),
 state.json (where the curriculum stands) and optimizer.pt. It is written under a temporary name, then
-published by atomically re-pointing a link, so that a crash at any moment leaves the previous one intact.
+published by atomically re-pointing a link, so that a crash at any moment leaves the previous one intact; a
+write that fails (a full disk, no permission) removes its half and says so in a line.
 """
 import argparse
 import contextlib
 import gc
+import io
 import json
 import os
+import pickle
 import shutil
+import signal
 import sys
+import threading
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 
 # -----------------------------------------------------------------------------------------------------------
 # Devices, precision and processes
@@ -45,12 +54,56 @@ def setup(device="auto", dtype="auto"):
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+        end_with_parent()
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=fresh_store(rank, world),
+                                rank=rank, world_size=world, device_id=device if device.type == "cuda" else None)
     if dtype == "auto":  # bf16 where the GPU supports it, float32 everywhere else
         dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
     autocast = (torch.autocast(device.type, dtype=getattr(torch, dtype)) if dtype != "float32"
                 else contextlib.nullcontext())
     return Run(device, autocast, rank, world)
+
+
+JOIN_TIMEOUT = timedelta(minutes=10)  # torchrun starts every process at once: one not there by then is not coming
+
+
+def fresh_store(rank, world):
+    """The key-value store of the processes' rendezvous, under a prefix that no earlier launch has written to.
+
+    torchrun's agent keeps one store for all the launches it makes (--max-restarts), and what a launch wrote stays
+    there: a restarted process that read its peers' addresses from it would connect to processes that are gone,
+    and fail or wait. Rank 0 names a fresh prefix and gives it to each rank at a key that only this launch of
+    that rank knows (a random nonce), until every rank has taken it.
+    """
+    store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=JOIN_TIMEOUT))
+    if rank > 0:
+        nonce = uuid.uuid4().hex
+        store.set(f"coconut/hello/{rank}", nonce)
+        prefix = store.get(f"coconut/reply/{nonce}").decode()
+        store.add(f"{prefix}/joined", 1)
+        return dist.PrefixStore(prefix, store)
+    prefix, deadline = f"coconut/{uuid.uuid4().hex}", time.monotonic() + JOIN_TIMEOUT.total_seconds()
+    while (joined := store.add(f"{prefix}/joined", 0)) < world - 1:
+        if time.monotonic() > deadline:
+            raise OSError(f"only {joined} of the {world - 1} other processes joined within {JOIN_TIMEOUT}")
+        for r in range(1, world):  # the hello of an earlier launch gets an answer too, which no one reads
+            if store.check([f"coconut/hello/{r}"]):
+                store.set(f"coconut/reply/{store.get(f'coconut/hello/{r}').decode()}", prefix)
+        time.sleep(0.05)
+    return dist.PrefixStore(prefix, store)
+
+
+def end_with_parent():
+    """SIGTERM this process when its parent (torchrun's agent) is gone: killed, it could not pass on a signal,
+    and its processes, each in a session of its own, would otherwise run on."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def rank():
@@ -115,15 +168,21 @@ def on_every_rank():
 
 @contextlib.contextmanager
 def one_line_errors():
-    """End the program with one line and exit status 1 on a ValueError, OSError or RunError; the process
-    group, if any, is left cleanly either way. Before the process group exists every rank has read the same
-    flags, so that rank 0 speaks for all, as it does for a RunError."""
+    """End the program with one line and exit status 1 on a ValueError, OSError or RunError, or when a process
+    of the run is lost; the process group, if any, is left cleanly either way. Before the process group exists
+    every rank has read the same flags, so that rank 0 speaks for all, as it does for a RunError and for a lost
+    process (which, if it could, said why itself)."""
     try:
         yield
     except RunError as e:
         sys.exit(f"error: {e}" if rank() == 0 else 1)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}" if rank() == 0 or dist.is_initialized() else 1)
+    except RuntimeError as e:
+        # Gloo says that a peer is gone in a plain RuntimeError, from its transport; NCCL and the store, in a DistError.
+        if not (isinstance(e, dist.DistError) or "gloo/transport/" in str(e)):
+            raise
+        sys.exit(f"error: lost a process of the run: {str(e).splitlines()[0]}" if rank() == 0 else 1)
     finally:
         if dist.is_initialized():
             # A DistributedDataParallel that is garbage but in a reference cycle still holds the process group:
@@ -139,38 +198,111 @@ def parse_bool(s):
 
 
 # -----------------------------------------------------------------------------------------------------------
+# Preemption: SIGTERM (what SLURM and Kubernetes send before they kill, and what torchrun passes on to its
+# processes) and SIGUSR1 (what SLURM's --signal sends ahead of the time limit) ask a run to stop after the step
+# in flight, with `latest` written.
+
+class Preemption:
+    """Catches SIGTERM and SIGUSR1, and says when every rank stops: after one and the same step."""
+
+    def __init__(self):
+        self.signal = 0  # the signal caught, 0 while none
+        self.pending = None  # the last step's vote, still on its way: (work, vote)
+        self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
+        for caught in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(caught, self.catch)
+
+    def catch(self, signum, frame):
+        self.signal = signum
+
+    def agreed(self, wait=False):
+        """The signal that every rank stops for now (0: none); every rank calls it after every step.
+
+        The ranks' votes are max-reduced on the CPU (gloo) in the background, and a step's vote is read after the
+        next step, when it is long in: the check never waits for a GPU (reading a result on it would, at every
+        step) nor for another rank. N processes stop one step later than one does, and lose nothing for it.
+        wait=True (at the end of an epoch, with no step in flight) counts this call's vote now instead.
+        """
+        if self.group is None:
+            return self.signal
+        vote = torch.tensor(self.signal)
+        work = dist.all_reduce(vote, dist.ReduceOp.MAX, group=self.group, async_op=True)
+        if wait:  # this vote supersedes the one pending
+            work.wait()
+            self.pending = None
+            return int(vote)
+        previous, self.pending = self.pending, (work, vote)
+        if previous is None:
+            return 0
+        previous[0].wait()
+        return int(previous[1])
+
+
+# -----------------------------------------------------------------------------------------------------------
 # Checkpoints
 
 def save_checkpoint(out_dir, name, gpt, optimizer, cfg, state):
-    """Write a checkpoint and point out_dir/<name> at it; a crash at any moment leaves the old one valid."""
+    """Write a checkpoint and point out_dir/<name> at it; a crash at any moment leaves the old one valid, and a
+    write that fails leaves it valid too, removes what it wrote, and raises an OSError that says why."""
     out_dir = Path(out_dir)
     target = f"ckpt-{state['epoch']:03d}-{state['step']:06d}"
-    if not (out_dir / target).is_dir():
-        tmp = out_dir / f".{target}.tmp"
+    tmp, link = out_dir / f".{target}.tmp", out_dir / f".{name}.tmp"
+    try:
+        if not (out_dir / target).is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            gpt.save(tmp)
+            # Serialized in memory first: a write that fails then says why (torch.save's writer says "enforce fail").
+            buffer = io.BytesIO()
+            torch.save(optimizer.state_dict(), buffer)
+            (tmp / "optimizer.pt").write_bytes(buffer.getbuffer())
+            (tmp / "run.json").write_text(json.dumps(cfg, indent=2) + "\n")
+            (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+            os.replace(tmp, out_dir / target)
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        os.replace(link, out_dir / name)  # atomic: `name` is the old checkpoint or the new one, never half of one
+    except (OSError, SafetensorError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        gpt.save(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "run.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-        os.replace(tmp, out_dir / target)
-    link = out_dir / f".{name}.tmp"
-    link.unlink(missing_ok=True)
-    link.symlink_to(target)
-    os.replace(link, out_dir / name)  # atomic: `name` is the old checkpoint or the new one, never half of one
-    referenced = {os.readlink(out_dir / n) for n in ("latest", "best") if (out_dir / n).is_symlink()}
-    for old in out_dir.glob("ckpt-*"):
-        if old.name not in referenced:
-            shutil.rmtree(old)
+        link.unlink(missing_ok=True)
+        raise OSError(f"{out_dir}: could not write checkpoint {target} ({e}); `{name}` is left as it was") from e
+    finally:  # what neither link points at, a checkpoint just written but not published included
+        referenced = {os.readlink(out_dir / n) for n in ("latest", "best") if (out_dir / n).is_symlink()}
+        for old in out_dir.glob("ckpt-*"):
+            if old.name not in referenced:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+STATE_FIELDS = {"epoch": int, "step": int, "stage": int, "best_accuracy": (float, type(None))}
 
 
 def load_state(path):
-    """run.json and state.json of a checkpoint, with one clear error if they are missing or broken."""
+    """run.json and state.json of a checkpoint, with one clear error naming the file if either is missing, broken
+    or not what a checkpoint holds."""
+    path = Path(path)
     try:
-        return json.loads((path / "run.json").read_text()), json.loads((path / "state.json").read_text())
+        run, state = (json.loads((path / name).read_text()) for name in ("run.json", "state.json"))
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable checkpoint ({e})") from e
+    if not isinstance(run, dict):
+        raise ValueError(f"{path / 'run.json'}: not a run's config (a JSON object)")
+    wrong = [k for k, kind in STATE_FIELDS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
+    if wrong:
+        raise ValueError(f"{path / 'state.json'}: not a curriculum position: {', '.join(wrong)} missing or mistyped")
+    return run, state
 
 
 def load_optimizer(path, optimizer, device):
-    optimizer.load_state_dict(torch.load(Path(path) / "optimizer.pt", map_location=device, weights_only=True))
+    """The optimizer state of a checkpoint, with one clear error if it is missing, broken or for other parameters."""
+    file = Path(path) / "optimizer.pt"
+    try:
+        optimizer.load_state_dict(torch.load(file, map_location=device, weights_only=True))  # runs no code from it
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{file}: not a readable optimizer state for this model ({reason})") from e
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state[p].items():
+                if value.dim() and value.shape != p.shape:
+                    raise ValueError(f"{file}: {key} has shape {tuple(value.shape)}, for a parameter of shape "
+                                     f"{tuple(p.shape)}: the optimizer state of another model")

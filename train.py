@@ -8,12 +8,14 @@ Curriculum training of Coconut and the paper's baselines (Table 1) on a CPU, one
     python train.py --dataset prosqa --method cot    # any method of the paper's Table 1
     torchrun --nproc_per_node=8 train.py --dataset gsm8k
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py --dataset gsm8k
-    python train.py --dataset prosqa --resume        # continue the run in --out_dir exactly
+    python train.py --dataset prosqa --resume        # continue the run in --out_dir exactly, or start it
 
 A run writes into --out_dir: metrics.jsonl (a line per epoch) and metrics.png (its picture, with matplotlib),
 the checkpoints `latest` and `best` (by validation accuracy at the final stage; see common.py), and test.json
 (the best checkpoint on the test split). Everything random in a run (data order, stage mixing, dropout) is a
-function of (seed, epoch, step, sequence), so that a checkpoint's position resumes it exactly.
+function of (seed, epoch, step, sequence), so that a checkpoint's position resumes it exactly. With --resume, one
+command starts a run and continues it after any stop: torchrun's --max-restarts and a SLURM requeue run it again.
+On SIGTERM or SIGUSR1 (preemption) a run finishes the step in flight, writes `latest` and exits.
 
 The loss of a step is this project's definition, chosen to be the paper's whatever the hardware: the step's
 sequences, in order, form groups of --loss_group (32); the loss is the mean over groups of each group's mean
@@ -22,9 +24,12 @@ averaged), and so do one GPU at 128, 8 GPUs x 16 or 2 CPU processes: --micro_bat
 for speed. A step's sequences are split evenly over the processes, each one's share into micro-batches.
 """
 import argparse
+import inspect
 import json
 import math
 import random
+import signal
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -33,8 +38,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from coconut import Coconut, load_gpt
-from common import (gather, load_optimizer, load_state, on_every_rank, one_line_errors, parse_bool, prefetch, print0,
-                    progress_bar, save_checkpoint, setup)
+from common import (Preemption, gather, load_optimizer, load_state, on_every_rank, one_line_errors, parse_bool, prefetch,
+                    print0, progress_bar, save_checkpoint, setup)
 from data import METHODS, collate, load_dataset, tokenize, vocabulary
 from eval import evaluate
 from recipes import DEFAULT_DATASET, DEFAULTS, PRESETS, curriculum as curriculum_of
@@ -77,12 +82,15 @@ def parse_args(argv=None):
     a("--val_examples", type=int, help="validate on the first N records only")
     a("--seed", type=int, default=0, help="seed of data order, stage mixing, dropout and initialisation")
     a("--out_dir", help="where checkpoints and metrics go (default out/<dataset>-<method>)")
-    a("--resume", action="store_true", help="continue the run in --out_dir from its latest checkpoint")
+    a("--resume", action="store_true", help="continue the run in --out_dir from its latest checkpoint, or start it if it "
+                                            "has none: one command for the first launch and every restart")
     a("--ckpt_every", type=int, default=0, help="also checkpoint every N optimizer steps (0: at epoch ends only)")
     a("--max_steps", type=int, default=0, help="stop after N optimizer steps of this invocation (0: no limit)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     a("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="auto: bf16 autocast where the GPU supports it, else float32")
     a("--compile", action="store_true", help="torch.compile the model for training and the decode step for evaluation")
+    a("--wandb", metavar="PROJECT", help="also log each line of metrics.jsonl to this Weights & Biases project (pip install wandb)")
+    a("--tensorboard", action="store_true", help="also log it to TensorBoard, in out_dir/tensorboard (pip install tensorboard)")
     return p.parse_args(argv)
 
 
@@ -158,11 +166,9 @@ def resets_optimizer(cfg, curriculum, epoch):
 
 def start_or_resume(cfg, data, device):
     """The GPT, optimizer and position (epoch, step, stage, best accuracy) of a phase: from the latest
-    checkpoint in out_dir when resuming, else new."""
+    checkpoint in out_dir if it has one, else new."""
     latest = Path(cfg["out_dir"]) / "latest"
     if latest.exists():
-        if not cfg["resume"]:
-            raise ValueError(f"{cfg['out_dir']} holds a run already: pass --resume to continue it, or another --out_dir")
         _, state = load_state(latest)
         gpt = load_gpt(latest, dropout=cfg["dropout"])
     else:
@@ -212,8 +218,9 @@ def train_step(forward, no_sync, optimizer, micro_batches, run):
     return loss_sum, n_tokens
 
 
-def end_of_epoch(cfg, model, optimizer, valid, decode_step, state, stats, run):
-    """Validate, log a line of metrics.jsonl (and redraw metrics.png), write `latest` and perhaps `best`."""
+def end_of_epoch(cfg, model, optimizer, valid, decode_step, state, stats, run, trackers):
+    """Validate, log a line of metrics.jsonl (and redraw metrics.png, and to the trackers), write `latest` and
+    perhaps `best`."""
     epoch, stage, out_dir, curriculum, gpt = state["epoch"], state["stage"], Path(cfg["out_dir"]), curriculum_of(cfg), model.gpt
     loss_sum, n_steps, n_tokens, n_sequences, seconds = (sum(x) for x in zip(*gather([stats])))
     t0 = time.time()
@@ -235,13 +242,15 @@ def end_of_epoch(cfg, model, optimizer, valid, decode_step, state, stats, run):
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             plot_metrics(out_dir)
+            for log in trackers:
+                log(metrics, cfg["method"])
             save_checkpoint(out_dir, "latest", gpt, optimizer, cfg, state)
             if improved:
                 save_checkpoint(out_dir, "best", gpt, optimizer, cfg, state)
     print0(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
 
 
-def train_phase(cfg, data, run):
+def train_phase(cfg, data, run, preemption, trackers):
     """Train one method through its curriculum; returns the directory of its best checkpoint (None: stopped)."""
     out_dir, curriculum = Path(cfg["out_dir"]), curriculum_of(cfg)
     gpt, optimizer, state = start_or_resume(cfg, data, run.device)
@@ -251,9 +260,12 @@ def train_phase(cfg, data, run):
     model = Coconut(gpt, feedback=curriculum.feedback)
     forward = model.compiled() if cfg["compile"] else model
     # One forward call runs a whole micro-batch, thoughts and all: weights reused by the latent passes are
-    # reduced once. Buffers (a vocabulary of its own) never change, so they are not broadcast at every step.
+    # reduced once. Buffers (a vocabulary of its own) never change, so they are not broadcast at every step
+    # (the flag that says so is forward_sync_buffers since torch 2.13, which warns at the old name).
     if run.world > 1:
-        forward = DistributedDataParallel(forward, broadcast_buffers=False)
+        no_sync_buffers = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                           else "broadcast_buffers")
+        forward = DistributedDataParallel(forward, **{no_sync_buffers: False})
     no_sync = forward.no_sync if run.world > 1 else nullcontext
     decode_step = model.compiled_step() if cfg["compile"] else None
     if run.rank == 0:
@@ -262,7 +274,8 @@ def train_phase(cfg, data, run):
     steps_per_epoch, steps_run = math.ceil(len(train) / B), 0
     print0(f"{cfg['method']} on {cfg['dataset']}: {len(train)} training sequences, {steps_per_epoch} steps per epoch "
            f"of {B} sequences ({B // run.world} per process, in micro-batches of at most {cfg['micro_batch_size']}), "
-           f"epochs {state['epoch']}..{cfg['epochs'] - 1}, {sum(p.numel() for p in gpt.parameters()) / 1e6:.1f}M parameters")
+           f"epochs {state['epoch']}..{cfg['epochs'] - 1}{f' from step {s}' if (s := state['step']) else ''}, "
+           f"{sum(p.numel() for p in gpt.parameters()) / 1e6:.1f}M parameters")
     for epoch in range(state["epoch"], cfg["epochs"]):
         state["stage"] = stage = curriculum.stage(epoch)
         if state["step"] == 0 and resets_optimizer(cfg, curriculum, epoch):
@@ -284,17 +297,30 @@ def train_phase(cfg, data, run):
             n_sequences += sum(len(batch.ids) for batch, _, _ in mine)
             steps_run += 1
             state["step"] = step + 1
-            if cfg["ckpt_every"] and steps_run % cfg["ckpt_every"] == 0 or steps_run == cfg["max_steps"]:
+            # After the epoch's last step comes its end (validation, `latest`), and a signal is looked at there.
+            caught = preemption.agreed() if step + 1 < steps_per_epoch else 0
+            if cfg["ckpt_every"] and steps_run % cfg["ckpt_every"] == 0 or steps_run == cfg["max_steps"] or caught:
                 with on_every_rank():
                     if run.rank == 0:
                         save_checkpoint(out_dir, "latest", gpt, optimizer, cfg, state)
+                if caught:
+                    stop(caught, state)
                 if steps_run == cfg["max_steps"]:
                     print0(f"stopped after {steps_run} steps (--max_steps); --resume continues")
                     return None
         # Every process's share of the loss; n_steps counts each step once, on rank 0.
         stats = (loss_sum.item(), n_steps if run.rank == 0 else 0, n_tokens, n_sequences, time.time() - t0)
-        end_of_epoch(cfg, model, optimizer, data["valid"], decode_step, state, stats, run)
+        end_of_epoch(cfg, model, optimizer, data["valid"], decode_step, state, stats, run, trackers)
+        if caught := preemption.agreed(wait=True):
+            stop(caught, state)
     return out_dir / "best"
+
+
+def stop(signum, state):
+    """End the run after a signal, `latest` written: the exit status says which signal, as if it had killed."""
+    print0(f"stopped by {signal.Signals(signum).name} at epoch {state['epoch']}, step {state['step']}, with `latest` "
+           f"written: the same command (with --resume) continues the run")
+    sys.exit(128 + signum)
 
 
 def plot_metrics(out_dir):
@@ -326,16 +352,50 @@ def plot_metrics(out_dir):
     fig.savefig(Path(out_dir) / "metrics.png", dpi=110)
 
 
+def open_trackers(cfg):
+    """Where each line of metrics.jsonl goes too (from rank 0), as functions of (metrics, phase): a Weights & Biases
+    run (--wandb PROJECT; a run restarted in the same out_dir continues its W&B run) and TensorBoard event files in
+    out_dir/tensorboard (--tensorboard). Both packages are optional: asked for and absent, an error."""
+    trackers = []
+    if cfg.get("wandb") or cfg["tensorboard"]:
+        Path(cfg["out_dir"]).mkdir(parents=True, exist_ok=True)
+    if cfg.get("wandb"):
+        try:
+            import wandb
+        except ImportError as e:
+            raise ValueError("--wandb needs the wandb package: pip install wandb") from e
+        wandb_run = wandb.init(project=cfg["wandb"], name=Path(cfg["out_dir"]).name, dir=cfg["out_dir"], config=cfg,
+                               resume="auto")
+        trackers.append(lambda metrics, phase: wandb_run.log({f"{phase}/{k}": v for k, v in metrics.items() if v is not None}))
+    if cfg["tensorboard"]:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
+        writer = SummaryWriter(Path(cfg["out_dir"]) / "tensorboard")
+
+        def to_tensorboard(metrics, phase):
+            for k, v in metrics.items():
+                if v is not None:
+                    writer.add_scalar(f"{phase}/{k}", v, metrics["epoch"])
+            writer.flush()
+        trackers.append(to_tensorboard)
+    return trackers
+
+
 def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
         run = setup(args.device, args.dtype)
+        preemption = Preemption()
         with on_every_rank():  # a rank that cannot read its data stops the others too
             cfg = resolve_config(args, run.world)
-            if cfg["resume"] and not any(Path(cfg["out_dir"]).glob("**/latest")):  # each phase of a run has a latest
-                raise ValueError(f"--resume: no run in {cfg['out_dir']}")
-            print0(f"device {run.device}, {run.world} process(es), "
-                   f"{'bf16 autocast' if isinstance(run.autocast, torch.autocast) else 'float32'}")
+            started = any(Path(cfg["out_dir"]).glob("**/latest"))  # each phase of a run has a latest
+            if started and not cfg["resume"]:
+                raise ValueError(f"{cfg['out_dir']} holds a run already: pass --resume to continue it, or another --out_dir")
+            print0(f"{'continuing the run' if started else 'starting a run'} in {cfg['out_dir']}: device {run.device}, "
+                   f"{run.world} process(es), {'bf16 autocast' if isinstance(run.autocast, torch.autocast) else 'float32'}")
+            trackers = open_trackers(cfg) if run.rank == 0 else []
             split_sizes = {"train": cfg["train_examples"], "valid": cfg["val_examples"], "test": None}
             records = {split: load_dataset(cfg["dataset"], split, cfg.get("data_dir"), cfg.get("cache_dir"))[:n]
                        for split, n in split_sizes.items()}
@@ -346,11 +406,11 @@ def main(argv=None):
             print0(f"skipped {len(records['train']) - len(kept)} training records longer than the context")
         if cfg["cot_epochs"]:
             cot = dict(cfg, method="cot", epochs=cfg["cot_epochs"], start_epoch=0, out_dir=str(Path(cfg["out_dir"]) / "cot"))
-            best_cot = train_phase(cot, data, run)
+            best_cot = train_phase(cot, data, run, preemption, trackers)
             if best_cot is None:
                 return
             cfg = dict(cfg, init_from=str(best_cot), out_dir=str(Path(cfg["out_dir"]) / cfg["method"]))
-        best = train_phase(cfg, data, run)
+        best = train_phase(cfg, data, run, preemption, trackers)
         if best is None:
             return
         test(cfg, best, records["test"], run)

@@ -326,7 +326,6 @@ def test_a_failure_on_one_process_ends_all_with_one_line(tmp_path, data_dir):
 @pytest.mark.parametrize("args,message", [
     (["--batch_size", "0"], "--batch_size must be at least 1"),
     (["--loss_group", "0"], "--loss_group must be at least 1"),
-    (["--resume"], "--resume: no run in"),
     (["--init_from", "no/such/model"], "unknown GPT-2 'no/such/model'"),
     (["--data_dir", "BAD"], "record 1: 'steps' must be a list of strings"),
 ])
