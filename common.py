@@ -179,16 +179,21 @@ def one_line_errors():
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}" if rank() == 0 or dist.is_initialized() else 1)
     except RuntimeError as e:
-        # Gloo says that a peer is gone in a plain RuntimeError, from its transport; NCCL and the store, in a DistError.
+        # Gloo tells of a peer gone in a plain RuntimeError from its transport; NCCL and the store, in a DistError.
         if not (isinstance(e, dist.DistError) or "gloo/transport/" in str(e)):
             raise
-        sys.exit(f"error: lost a process of the run: {str(e).splitlines()[0]}" if rank() == 0 else 1)
+        sys.exit(f"error: lost a process of the run: {reason(e)}" if rank() == 0 else 1)
     finally:
         if dist.is_initialized():
             # A DistributedDataParallel that is garbage but in a reference cycle still holds the process group:
             # collected now, it goes before the group does, not while the interpreter shuts down (which can abort).
             gc.collect()
             dist.destroy_process_group()
+
+
+def reason(e):
+    """What went wrong, in one line: an OSError's words without its path, else the error's first line."""
+    return getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def parse_bool(s):
@@ -203,14 +208,19 @@ def parse_bool(s):
 # in flight, with `latest` written.
 
 class Preemption:
-    """Catches SIGTERM and SIGUSR1, and says when every rank stops: after one and the same step."""
+    """While open, catches SIGTERM and SIGUSR1, and says when every rank stops: after one and the same step."""
 
-    def __init__(self):
+    def __enter__(self):
         self.signal = 0  # the signal caught, 0 while none
         self.pending = None  # the last step's vote, still on its way: (work, vote)
+        # Caught from before the group of the votes exists, which every rank joins: once a rank speaks, all catch.
+        self.previous = {s: signal.signal(s, self.catch) for s in (signal.SIGTERM, signal.SIGUSR1)}
         self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
-        for caught in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(caught, self.catch)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
     def catch(self, signum, frame):
         self.signal = signum
@@ -265,7 +275,7 @@ def save_checkpoint(out_dir, name, gpt, optimizer, cfg, state):
     except (OSError, SafetensorError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         link.unlink(missing_ok=True)
-        raise OSError(f"{out_dir}: could not write checkpoint {target} ({e}); `{name}` is left as it was") from e
+        raise OSError(f"{out_dir}: could not write checkpoint {target} ({reason(e)}); `{name}` is left as it was") from e
     finally:  # what neither link points at, a checkpoint just written but not published included
         referenced = {os.readlink(out_dir / n) for n in ("latest", "best") if (out_dir / n).is_symlink()}
         for old in out_dir.glob("ckpt-*"):
@@ -280,10 +290,14 @@ def load_state(path):
     """run.json and state.json of a checkpoint, with one clear error naming the file if either is missing, broken
     or not what a checkpoint holds."""
     path = Path(path)
-    try:
-        run, state = (json.loads((path / name).read_text()) for name in ("run.json", "state.json"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({e})") from e
+
+    def read(name):
+        try:
+            return json.loads((path / name).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path / name}: not a readable checkpoint file ({reason(e)})") from e
+
+    run, state = read("run.json"), read("state.json")
     if not isinstance(run, dict):
         raise ValueError(f"{path / 'run.json'}: not a run's config (a JSON object)")
     wrong = [k for k, kind in STATE_FIELDS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
@@ -298,11 +312,10 @@ def load_optimizer(path, optimizer, device):
     try:
         optimizer.load_state_dict(torch.load(file, map_location=device, weights_only=True))  # runs no code from it
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{file}: not a readable optimizer state for this model ({reason})") from e
+        raise ValueError(f"{file}: not a readable optimizer state for this model ({reason(e)})") from e
     for group in optimizer.param_groups:
         for p in group["params"]:
             for key, value in optimizer.state[p].items():
-                if value.dim() and value.shape != p.shape:
+                if torch.is_tensor(value) and value.dim() and value.shape != p.shape:
                     raise ValueError(f"{file}: {key} has shape {tuple(value.shape)}, for a parameter of shape "
                                      f"{tuple(p.shape)}: the optimizer state of another model")

@@ -270,9 +270,12 @@ class GPT(nn.Module):
         path = Path(path)
         try:
             config = GPTConfig(**json.loads((path / "model.json").read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise ValueError(f"{path / 'model.json'}: not a readable checkpoint file ({e})") from e
+        try:
             state = load_file(path / "model.safetensors")
-        except (OSError, ValueError, TypeError, SafetensorError) as e:
-            raise ValueError(f"{path}: not a readable checkpoint ({e})") from e
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"{path / 'model.safetensors'}: not a readable checkpoint file ({e})") from e
         config.dropout = config.dropout if dropout is None else dropout
         model = cls(config)
         model.load_state_dict_checked(state, source=path / "model.safetensors")

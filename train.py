@@ -89,8 +89,8 @@ def parse_args(argv=None):
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     a("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="auto: bf16 autocast where the GPU supports it, else float32")
     a("--compile", action="store_true", help="torch.compile the model for training and the decode step for evaluation")
-    a("--wandb", metavar="PROJECT", help="also log each line of metrics.jsonl to this Weights & Biases project (pip install wandb)")
-    a("--tensorboard", action="store_true", help="also log it to TensorBoard, in out_dir/tensorboard (pip install tensorboard)")
+    a("--wandb", metavar="PROJECT", help="also log metrics.jsonl's lines to this W&B project (pip install wandb)")
+    a("--tensorboard", action="store_true", help="also log them to out_dir/tensorboard (pip install tensorboard)")
     return p.parse_args(argv)
 
 
@@ -242,8 +242,7 @@ def end_of_epoch(cfg, model, optimizer, valid, decode_step, state, stats, run, t
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             plot_metrics(out_dir)
-            for log in trackers:
-                log(metrics, cfg["method"])
+            trackers.log(metrics, cfg["method"])
             save_checkpoint(out_dir, "latest", gpt, optimizer, cfg, state)
             if improved:
                 save_checkpoint(out_dir, "best", gpt, optimizer, cfg, state)
@@ -263,9 +262,8 @@ def train_phase(cfg, data, run, preemption, trackers):
     # reduced once. Buffers (a vocabulary of its own) never change, so they are not broadcast at every step
     # (the flag that says so is forward_sync_buffers since torch 2.13, which warns at the old name).
     if run.world > 1:
-        no_sync_buffers = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                           else "broadcast_buffers")
-        forward = DistributedDataParallel(forward, **{no_sync_buffers: False})
+        renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        forward = DistributedDataParallel(forward, **{"forward_sync_buffers" if renamed else "broadcast_buffers": False})
     no_sync = forward.no_sync if run.world > 1 else nullcontext
     decode_step = model.compiled_step() if cfg["compile"] else None
     if run.rank == 0:
@@ -352,68 +350,80 @@ def plot_metrics(out_dir):
     fig.savefig(Path(out_dir) / "metrics.png", dpi=110)
 
 
-def open_trackers(cfg):
-    """Where each line of metrics.jsonl goes too (from rank 0), as functions of (metrics, phase): a Weights & Biases
-    run (--wandb PROJECT; a run restarted in the same out_dir continues its W&B run) and TensorBoard event files in
-    out_dir/tensorboard (--tensorboard). Both packages are optional: asked for and absent, an error."""
-    trackers = []
-    if cfg.get("wandb") or cfg["tensorboard"]:
-        Path(cfg["out_dir"]).mkdir(parents=True, exist_ok=True)
-    if cfg.get("wandb"):
-        try:
-            import wandb
-        except ImportError as e:
-            raise ValueError("--wandb needs the wandb package: pip install wandb") from e
-        wandb_run = wandb.init(project=cfg["wandb"], name=Path(cfg["out_dir"]).name, dir=cfg["out_dir"], config=cfg,
-                               resume="auto")
-        trackers.append(lambda metrics, phase: wandb_run.log({f"{phase}/{k}": v for k, v in metrics.items() if v is not None}))
-    if cfg["tensorboard"]:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
-        writer = SummaryWriter(Path(cfg["out_dir"]) / "tensorboard")
+class Trackers:
+    """Where each line of metrics.jsonl goes too, from rank 0: a Weights & Biases run (--wandb PROJECT) and
+    TensorBoard event files in out_dir/tensorboard (--tensorboard). Both packages are optional: asked for and absent,
+    an error."""
 
-        def to_tensorboard(metrics, phase):
-            for k, v in metrics.items():
-                if v is not None:
-                    writer.add_scalar(f"{phase}/{k}", v, metrics["epoch"])
-            writer.flush()
-        trackers.append(to_tensorboard)
-    return trackers
+    def __init__(self, cfg):
+        self.wandb = self.tensorboard = None
+        if cfg.get("wandb") or cfg.get("tensorboard"):
+            Path(cfg["out_dir"]).mkdir(parents=True, exist_ok=True)
+        if cfg.get("wandb"):
+            try:
+                import wandb
+            except ImportError as e:
+                raise ValueError("--wandb needs the wandb package: pip install wandb") from e
+            # A run that stopped before its end left wandb-resume.json in out_dir/wandb: its restart continues it.
+            self.wandb = wandb.init(project=cfg["wandb"], name=Path(cfg["out_dir"]).name, dir=cfg["out_dir"],
+                                    config=cfg, resume="auto")
+        if cfg.get("tensorboard"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
+            self.tensorboard = SummaryWriter(Path(cfg["out_dir"]) / "tensorboard")
+
+    def log(self, metrics, phase):
+        """A line of metrics.jsonl, its keys under the phase's method (cot, then coconut, in a GSM8k run)."""
+        values = {f"{phase}/{k}": v for k, v in metrics.items() if v is not None}
+        if self.wandb:
+            self.wandb.log(values)
+        if self.tensorboard:
+            for k, v in values.items():
+                self.tensorboard.add_scalar(k, v, metrics["epoch"])
+            self.tensorboard.flush()
+
+    def finish(self):
+        """At the run's end only: a W&B run left open (a stop, an error) is continued by the run's restart."""
+        if self.wandb:
+            self.wandb.finish()
+        if self.tensorboard:
+            self.tensorboard.close()
 
 
 def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
         run = setup(args.device, args.dtype)
-        preemption = Preemption()
-        with on_every_rank():  # a rank that cannot read its data stops the others too
-            cfg = resolve_config(args, run.world)
-            started = any(Path(cfg["out_dir"]).glob("**/latest"))  # each phase of a run has a latest
-            if started and not cfg["resume"]:
-                raise ValueError(f"{cfg['out_dir']} holds a run already: pass --resume to continue it, or another --out_dir")
-            print0(f"{'continuing the run' if started else 'starting a run'} in {cfg['out_dir']}: device {run.device}, "
-                   f"{run.world} process(es), {'bf16 autocast' if isinstance(run.autocast, torch.autocast) else 'float32'}")
-            trackers = open_trackers(cfg) if run.rank == 0 else []
-            split_sizes = {"train": cfg["train_examples"], "valid": cfg["val_examples"], "test": None}
-            records = {split: load_dataset(cfg["dataset"], split, cfg.get("data_dir"), cfg.get("cache_dir"))[:n]
-                       for split, n in split_sizes.items()}
-            tokenized, kept = tokenize(records["train"], max_latents=cfg["max_latent_stage"] * cfg["c_thought"])
-            data = dict(train=tokenized, valid=records["valid"],
-                        vocabulary=vocabulary(records.values()) if cfg["init_from"] == "scratch" else None)
-        if len(kept) < len(records["train"]):
-            print0(f"skipped {len(records['train']) - len(kept)} training records longer than the context")
-        if cfg["cot_epochs"]:
-            cot = dict(cfg, method="cot", epochs=cfg["cot_epochs"], start_epoch=0, out_dir=str(Path(cfg["out_dir"]) / "cot"))
-            best_cot = train_phase(cot, data, run, preemption, trackers)
-            if best_cot is None:
-                return
-            cfg = dict(cfg, init_from=str(best_cot), out_dir=str(Path(cfg["out_dir"]) / cfg["method"]))
-        best = train_phase(cfg, data, run, preemption, trackers)
+        with Preemption() as preemption:
+            with on_every_rank():  # a rank that cannot read its data stops the others too
+                cfg = resolve_config(args, run.world)
+                started = any(Path(cfg["out_dir"]).glob("**/latest"))  # each phase of a run has a latest
+                if started and not cfg["resume"]:
+                    raise ValueError(f"{cfg['out_dir']} holds a run already: pass --resume to continue it, or another --out_dir")
+                print0(f"{'continuing the run' if started else 'starting a run'} in {cfg['out_dir']}: device {run.device}, "
+                       f"{run.world} process(es), {'bf16 autocast' if isinstance(run.autocast, torch.autocast) else 'float32'}")
+                trackers = Trackers(cfg if run.rank == 0 else {})
+                split_sizes = {"train": cfg["train_examples"], "valid": cfg["val_examples"], "test": None}
+                records = {split: load_dataset(cfg["dataset"], split, cfg.get("data_dir"), cfg.get("cache_dir"))[:n]
+                           for split, n in split_sizes.items()}
+                tokenized, kept = tokenize(records["train"], max_latents=cfg["max_latent_stage"] * cfg["c_thought"])
+                data = dict(train=tokenized, valid=records["valid"],
+                            vocabulary=vocabulary(records.values()) if cfg["init_from"] == "scratch" else None)
+            if len(kept) < len(records["train"]):
+                print0(f"skipped {len(records['train']) - len(kept)} training records longer than the context")
+            if cfg["cot_epochs"]:
+                cot = dict(cfg, method="cot", epochs=cfg["cot_epochs"], start_epoch=0, out_dir=str(Path(cfg["out_dir"]) / "cot"))
+                best_cot = train_phase(cot, data, run, preemption, trackers)
+                if best_cot is None:
+                    return
+                cfg = dict(cfg, init_from=str(best_cot), out_dir=str(Path(cfg["out_dir"]) / cfg["method"]))
+            best = train_phase(cfg, data, run, preemption, trackers)
         if best is None:
             return
         test(cfg, best, records["test"], run)
+        trackers.finish()
 
 
 def test(cfg, best, records, run):
