@@ -182,7 +182,7 @@ def one_line_errors():
         # Gloo tells of a peer gone in a plain RuntimeError from its transport; NCCL and the store, in a DistError.
         if not (isinstance(e, dist.DistError) or "gloo/transport/" in str(e)):
             raise
-        sys.exit(f"error: lost a process of the run: {reason(e)}" if rank() == 0 else 1)
+        sys.exit(f"error: lost contact with a process of the run: {reason(e)}" if rank() == 0 else 1)
     finally:
         if dist.is_initialized():
             # A DistributedDataParallel that is garbage but in a reference cycle still holds the process group:

@@ -260,7 +260,7 @@ def train_phase(cfg, data, run, preemption, trackers):
     forward = model.compiled() if cfg["compile"] else model
     # One forward call runs a whole micro-batch, thoughts and all: weights reused by the latent passes are
     # reduced once. Buffers (a vocabulary of its own) never change, so they are not broadcast at every step
-    # (the flag that says so is forward_sync_buffers since torch 2.13, which warns at the old name).
+    # (a flag that recent torch calls forward_sync_buffers, and warns of by its old name).
     if run.world > 1:
         renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
         forward = DistributedDataParallel(forward, **{"forward_sync_buffers" if renamed else "broadcast_buffers": False})

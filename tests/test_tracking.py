@@ -4,6 +4,7 @@ optional (not in requirements.txt); CI installs them."""
 import json
 import struct
 import sys
+import time
 
 import pytest
 
@@ -13,12 +14,11 @@ from test_train import TINY, data_dir  # noqa: F401 (data_dir: a fixture)
 TRACKED = [*TINY, "--train_examples", "4", "--batch_size", "4", "--epochs", "2", "--val_examples", "1"]
 
 
-def wandb_history(run_dir):
-    """The history records of an offline W&B run, read from its transaction log (LevelDB's log format: a 7-byte
-    file header, then blocks of 32 KiB of records, each with a 7-byte header: checksum, length, type)."""
+def wandb_records(log):
+    """The records of a W&B transaction log, in LevelDB's log format: a 7-byte file header, then blocks of 32 KiB
+    of records, each with a 7-byte header (checksum, length, type: whole, first, middle or last part)."""
     from wandb.proto import wandb_internal_pb2
-    [log] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    data, position, chunks, rows = log.read_bytes(), 7, b"", []
+    data, position, chunks = log.read_bytes(), 7, b""
     assert data[:4] == b":W&B"
     while position + 7 <= len(data):
         if 32768 - position % 32768 < 7:  # too little room left in a block for a header: padding
@@ -30,10 +30,19 @@ def wandb_history(run_dir):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(chunks)
             chunks = b""
-            if record.WhichOneof("record_type") == "history":
-                items = record.history.item
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items})
-    return rows
+            yield record
+
+
+def wandb_history(run_dir, timeout=60):
+    """The history rows of the offline W&B run in run_dir, once its log is complete (its exit record written:
+    the service that writes it may still be at it when the run has finished)."""
+    [log] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.time() + timeout
+    while not any(r.WhichOneof("record_type") == "exit" for r in wandb_records(log)):
+        assert time.time() < deadline, "the W&B log was not completed"
+        time.sleep(0.2)
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+            for r in wandb_records(log) if r.WhichOneof("record_type") == "history"]
 
 
 def test_wandb_and_tensorboard_log_each_line_of_metrics(tmp_path, data_dir, monkeypatch):  # noqa: F811
