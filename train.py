@@ -218,6 +218,14 @@ def train_step(forward, no_sync, optimizer, micro_batches, run):
     return loss_sum, n_tokens
 
 
+def data_parallel(forward):
+    """forward in DistributedDataParallel. One forward call runs a whole micro-batch, thoughts and all: weights
+    reused by the latent passes are reduced once. Buffers (a vocabulary of its own) never change, so they are not
+    broadcast at every step (a flag that recent torch calls forward_sync_buffers, and warns of by its old name)."""
+    renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    return DistributedDataParallel(forward, **{"forward_sync_buffers" if renamed else "broadcast_buffers": False})
+
+
 def end_of_epoch(cfg, model, optimizer, valid, decode_step, state, stats, run, trackers):
     """Validate, log a line of metrics.jsonl (and redraw metrics.png, and to the trackers), write `latest` and
     perhaps `best`."""
@@ -258,12 +266,8 @@ def train_phase(cfg, data, run, preemption, trackers):
         return out_dir / "best"
     model = Coconut(gpt, feedback=curriculum.feedback)
     forward = model.compiled() if cfg["compile"] else model
-    # One forward call runs a whole micro-batch, thoughts and all: weights reused by the latent passes are
-    # reduced once. Buffers (a vocabulary of its own) never change, so they are not broadcast at every step
-    # (a flag that recent torch calls forward_sync_buffers, and warns of by its old name).
     if run.world > 1:
-        renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-        forward = DistributedDataParallel(forward, **{"forward_sync_buffers" if renamed else "broadcast_buffers": False})
+        forward = data_parallel(forward)
     no_sync = forward.no_sync if run.world > 1 else nullcontext
     decode_step = model.compiled_step() if cfg["compile"] else None
     if run.rank == 0:

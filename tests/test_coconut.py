@@ -163,7 +163,7 @@ def test_compiled_training_inside_distributed_data_parallel_matches_eager(tiny_g
     import torch._dynamo
     import torch.distributed as dist
     from torch._dynamo.utils import counters
-    from torch.nn.parallel import DistributedDataParallel
+    import train
     torch._dynamo.reset()
     counters.clear()
     with socket.socket() as s:
@@ -173,7 +173,7 @@ def test_compiled_training_inside_distributed_data_parallel_matches_eager(tiny_g
     try:
         gpt = load_gpt(str(tiny_gpt2_dir), dropout=0.0)
         model = Coconut(gpt).train()
-        ddp = DistributedDataParallel(model.compiled(backend="aot_eager"), broadcast_buffers=False)
+        ddp = train.data_parallel(model.compiled(backend="aot_eager"))
         prosqa, gsm8k = records
         cur = Curriculum(c_thought=1, max_latent_stage=2)
         batches = [collate([cur.example(r, s) for r, s in zip(prosqa[:3], [1, 2, 0])]),

@@ -23,10 +23,11 @@ import train
 from coconut import load_gpt
 from test_train import ROOT, TINY, data_dir, free_port, max_difference, weights  # noqa: F401 (data_dir: a fixture)
 
-# 12 records, 3 steps per epoch, 2 epochs; --resume from the first launch on. At the lr that makes N processes equal
-# one (see test_train.SHARDED), and each process's share of a step (2 sequences) one micro-batch of one process.
-RESUMABLE = [*TINY, "--batch_size", "4", "--micro_batch_size", "2", "--epochs", "2", "--uniform_prob", "0.5",
+# 12 records, 6 steps per epoch, 2 epochs; --resume from the first launch on. At the lr that makes N processes equal
+# one (see test_train.SHARDED), and each process's share of a step (1 sequence) one micro-batch of one process.
+RESUMABLE = [*TINY, "--batch_size", "2", "--micro_batch_size", "1", "--epochs", "2", "--uniform_prob", "0.5",
              "--val_examples", "2", "--lr", "1e-4", "--resume"]
+STEPS_PER_EPOCH = 6
 
 
 class Launch:
@@ -125,7 +126,7 @@ def test_a_signal_stops_after_the_step_in_flight_and_the_same_command_ends_bit_i
     code, stdout, stderr = first.finish()
     stopped = position(out)
     assert code == 128 + signum, stderr
-    assert stopped["epoch"] == 0 and 0 < stopped["step"] < 3  # mid-epoch: the step it reached is written
+    assert stopped["epoch"] == 0 and 0 < stopped["step"] < STEPS_PER_EPOCH  # mid-epoch: the step it reached
     assert f"stopped by {signum.name} at epoch 0, step {stopped['step']}, with `latest` written" in stdout
     assert "Traceback" not in stderr
     code, stdout, stderr = Launch(*args).finish()
@@ -142,7 +143,7 @@ def test_sigterm_to_torchrun_stops_both_processes_after_one_step_and_they_resume
     first.proc.send_signal(signal.SIGTERM)  # torchrun's agent passes it on to its processes
     code, stdout, stderr = first.finish()
     stopped = position(out)
-    assert code != 0 and stopped["epoch"] == 0 and 0 < stopped["step"] < 3, stderr[-3000:]
+    assert code != 0 and stopped["epoch"] == 0 and 0 < stopped["step"] < STEPS_PER_EPOCH, stderr[-3000:]
     assert f"stopped by SIGTERM at epoch 0, step {stopped['step']}" in stdout
     code, stdout, stderr = Launch(*args, nproc=2).finish()
     assert code == 0, stderr[-3000:]
