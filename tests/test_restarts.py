@@ -61,7 +61,9 @@ class Launch:
         return line
 
     def finish(self, timeout=300):
-        """Exit status, stdout and stderr, once every process of the launch is gone (killed past the timeout)."""
+        """Exit status, stdout and stderr, once every process of the launch is gone: past the timeout, killed, and
+        those still there 30 s after the launch ended (torchrun's end with it: common.end_with_parent) are noted in
+        left_behind, then killed too, so that nothing outlives a test."""
         try:
             self.proc.wait(timeout=timeout)
         finally:
@@ -70,9 +72,12 @@ class Launch:
             self.proc.wait()
             for reader in self.readers:
                 reader.join(timeout=30)
-            deadline = time.time() + 30  # the processes torchrun started end with it (common.end_with_parent)
-            while processes_with(self.marker) and time.time() < deadline:
+            deadline = time.time() + 30
+            while (left := processes_with(self.marker)) and time.time() < deadline:
                 time.sleep(0.2)
+            self.left_behind = left
+            for pid in left:
+                os.kill(pid, signal.SIGKILL)
         return self.proc.returncode, "".join(self.stdout), "".join(self.stderr)
 
 
@@ -144,12 +149,26 @@ def test_sigterm_to_torchrun_stops_both_processes_after_one_step_and_they_resume
     code, stdout, stderr = first.finish()
     stopped = position(out)
     assert code != 0 and stopped["epoch"] == 0 and 0 < stopped["step"] < STEPS_PER_EPOCH, stderr[-3000:]
-    assert f"stopped by SIGTERM at epoch 0, step {stopped['step']}" in stdout
+    assert f"stopped by SIGTERM at epoch 0, step {stopped['step']}" in stdout and not first.left_behind
     code, stdout, stderr = Launch(*args, nproc=2).finish()
     assert code == 0, stderr[-3000:]
     assert stdout.startswith(f"continuing the run in {out}: device cpu, 2 process(es)")
     assert "Warning" not in stderr  # a normal torchrun run warns of nothing
     assert max_difference(uninterrupted, weights(out)) <= 1e-5
+
+
+def test_processes_whose_torchrun_dies_stop_by_themselves_with_latest_written(tmp_path, data_dir):
+    """SIGUSR1 kills torchrun's agent unless it is told to pass it on (SLURM's --signal without B: sends it to every
+    process): its processes, each in a session of its own, notice that it is gone and stop as for a SIGTERM."""
+    out = tmp_path / "run"
+    launch = Launch(*RESUMABLE, "--data_dir", data_dir, "--out_dir", out, nproc=2)
+    launch.wait_for("starting a run")
+    launch.proc.send_signal(signal.SIGUSR1)
+    code, stdout, stderr = launch.finish()
+    assert code == -signal.SIGUSR1  # the agent died of it
+    stopped = position(out)
+    assert stopped["epoch"] == 0 and 0 < stopped["step"] < STEPS_PER_EPOCH, stderr[-3000:]
+    assert f"stopped by SIGTERM at epoch 0, step {stopped['step']}" in stdout and not launch.left_behind
 
 
 def test_torchrun_restarts_a_killed_process_and_ends_as_the_uninterrupted_run(tmp_path, data_dir, uninterrupted):
@@ -165,7 +184,7 @@ def test_torchrun_restarts_a_killed_process_and_ends_as_the_uninterrupted_run(tm
     assert code == 0, stderr[-3000:]  # the restarted processes took over from `latest`, and finished
     assert stdout.count("starting a run") == 1 and stdout.count("continuing the run") == 1
     assert stderr.count("error: ") <= 1  # the survivor's line, if it saw the loss before torchrun stopped it
-    assert time.time() - start < 120 and not processes_with(str(out))
+    assert time.time() - start < 120 and not launch.left_behind
     assert max_difference(uninterrupted, weights(out)) <= 1e-5
 
 
