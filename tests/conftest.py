@@ -7,6 +7,7 @@ tiktoken's cache ($TIKTOKEN_CACHE_DIR, or its download once).
 
 With COCONUT_NO_SKIPS=1 (as .ci/run sets it), a test skipped for any reason but a missing GPU fails the run.
 """
+import json
 import os
 import sys
 from pathlib import Path
@@ -27,6 +28,16 @@ _unexpected_skips = []
 def fixtures():
     """tests/data: one folder per dataset (gsm8k/, prosqa/, prontoqa/), files named as in the originals."""
     return ROOT / "tests" / "data"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, fixtures):
+    """ProsQA-format splits for training runs: 12 training records, 4 for validation and test."""
+    path = tmp_path_factory.mktemp("prosqa")
+    records = json.loads((fixtures / "prosqa" / "prosqa_valid.json").read_text())
+    for split, part in (("train", records[:12]), ("valid", records[12:16]), ("test", records[16:20])):
+        (path / f"prosqa_{split}.json").write_text(json.dumps(part))
+    return path
 
 
 def pytest_runtest_logreport(report):

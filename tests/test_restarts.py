@@ -21,7 +21,7 @@ import torch
 import common
 import train
 from coconut import load_gpt
-from test_train import ROOT, TINY, data_dir, free_port, max_difference, weights  # noqa: F401 (data_dir: a fixture)
+from test_train import ROOT, TINY, free_port, max_difference, weights
 
 # 12 records, 6 steps per epoch, 2 epochs; --resume from the first launch on. At the lr that makes N processes equal
 # one (see test_train.SHARDED), and each process's share of a step (1 sequence) one micro-batch of one process.
@@ -35,9 +35,9 @@ class Launch:
 
     def __init__(self, *args, nproc=1, max_restarts=0, preexec_fn=None):
         args = [str(a) for a in args]
-        command = [sys.executable, "train.py", *args] if nproc == 1 else [
-            sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--max-restarts={max_restarts}",
-            "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "train.py", *args]
+        torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                    f"--max-restarts={max_restarts}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}"]
+        command = [*(torchrun if nproc > 1 else [sys.executable]), "train.py", *args]
         self.marker = args[args.index("--out_dir") + 1]  # in the command line of every process of this launch
         self.proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True,
@@ -110,7 +110,7 @@ def position(out):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_dir):  # noqa: F811
+def uninterrupted(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("uninterrupted")
     code, stdout, stderr = Launch(*RESUMABLE, "--data_dir", data_dir, "--out_dir", out).finish()
     assert code == 0, stderr
@@ -193,7 +193,7 @@ def test_torchrun_restarts_a_killed_process_and_ends_as_the_uninterrupted_run(tm
 # Checkpoints: every fault of a file is one line that names it; a write that fails keeps the last good one
 
 @pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory, data_dir):  # noqa: F811
+def stopped_run(tmp_path_factory, data_dir):
     """A run stopped after one step: its `latest` is ckpt-000-000001."""
     out = tmp_path_factory.mktemp("stopped") / "run"
     train.main([*RESUMABLE, "--data_dir", str(data_dir), "--out_dir", str(out), "--max_steps", "1"])

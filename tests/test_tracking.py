@@ -9,7 +9,7 @@ import time
 import pytest
 
 import train
-from test_train import TINY, data_dir  # noqa: F401 (data_dir: a fixture)
+from test_train import TINY
 
 TRACKED = [*TINY, "--train_examples", "4", "--batch_size", "4", "--epochs", "2", "--val_examples", "1"]
 
@@ -45,7 +45,7 @@ def wandb_history(run_dir, timeout=60):
             for r in wandb_records(log) if r.WhichOneof("record_type") == "history"]
 
 
-def test_wandb_and_tensorboard_log_each_line_of_metrics(tmp_path, data_dir, monkeypatch):  # noqa: F811
+def test_wandb_and_tensorboard_log_each_line_of_metrics(tmp_path, data_dir, monkeypatch):
     pytest.importorskip("wandb", reason="optional: pip install wandb")
     pytest.importorskip("tensorboard", reason="optional: pip install tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -68,8 +68,7 @@ def test_wandb_and_tensorboard_log_each_line_of_metrics(tmp_path, data_dir, monk
 
 
 @pytest.mark.parametrize("flag, module", [(["--wandb", "p"], "wandb"), (["--tensorboard"], "torch.utils.tensorboard")])
-def test_a_tracker_asked_for_and_absent_is_one_line_before_training(tmp_path, data_dir, monkeypatch, flag,  # noqa: F811
-                                                                   module):
+def test_a_tracker_asked_for_and_absent_is_one_line_before_training(tmp_path, data_dir, monkeypatch, flag, module):
     monkeypatch.setitem(sys.modules, module, None)  # what `import` finds when the package is not installed
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as stop:

@@ -29,16 +29,6 @@ TINY = ["--dataset", "prosqa", "--init_from", "scratch", "--n_layer", "2", "--n_
         "--device", "cpu", "--dtype", "float32"]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, fixtures):
-    """ProsQA-format splits: 12 training records, 4 for validation and test."""
-    path = tmp_path_factory.mktemp("prosqa")
-    records = json.loads((fixtures / "prosqa" / "prosqa_valid.json").read_text())
-    for split, part in (("train", records[:12]), ("valid", records[12:16]), ("test", records[16:20])):
-        (path / f"prosqa_{split}.json").write_text(json.dumps(part))
-    return path
-
-
 def run(*args, timeout=300):
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
