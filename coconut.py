@@ -37,6 +37,8 @@ class Generation:
 
 
 class Coconut(nn.Module):
+    # DistributedDataParallel must look for parameters that a step leaves unused (SIM-CoT's step decoder at stage 0)
+    unused_parameters = False
 
     def __init__(self, gpt, feedback=True):
         super().__init__()
@@ -46,35 +48,53 @@ class Coconut(nn.Module):
 
     def forward(self, batch, return_thoughts=False):
         """Cross-entropy (N,) of each supervised token of a collated batch, and the thoughts (B, n, C) on request."""
+        h, thoughts, _ = self.hidden(batch)
+        losses = token_losses(self.gpt, h, batch)
+        return (losses, thoughts) if return_thoughts else losses
+
+    def thought(self, h):
+        """The input embedding that a last hidden state h (..., C) becomes: h itself (CODI projects it)."""
+        return h
+
+    def hidden(self, batch, layers=False):
+        """The final hidden states (B, T, C) of a collated batch, its thoughts fed back (B, n, C), and with layers
+        the hidden states of every layer (gpt.forward's layers), each (B, T, C)."""
         gpt = self.gpt
         B, T = batch.ids.shape
         embeds = gpt.embed(batch.ids)  # (B, T, C)
         n, L0 = (batch.max_latents, batch.first_latent) if self.feedback else (0, T)
         thoughts = []
         if n == 0:  # no thought to wait for: one pass over everything
-            h = gpt(embeds=embeds, pos=batch.pos, mask=batch.mask)
-        else:
-            cache = KVCache(gpt.config, B, T, embeds.device, _compute_dtype(embeds))
+            out = gpt(embeds=embeds, pos=batch.pos, mask=batch.mask, layers=layers)
+            h, states = out if layers else (out, None)
+            return h, h[:, :0], states
+        cache = KVCache(gpt.config, B, T, embeds.device, _compute_dtype(embeds))
 
-            def run(start, end, x):  # columns [start, end) of the batch, attending to the cache before them
-                cols = slice(start, end)
-                return gpt(embeds=x, pos=batch.pos[:, cols], mask=batch.mask[:, cols], cache=cache,
-                           input_pos=torch.arange(start, end, device=x.device))
+        def run(start, end, x):  # columns [start, end) of the batch, attending to the cache before them
+            cols = slice(start, end)
+            out = gpt(embeds=x, pos=batch.pos[:, cols], mask=batch.mask[:, cols], cache=cache,
+                      input_pos=torch.arange(start, end, device=x.device), layers=layers)
+            return out if layers else (out, [])
 
-            hs = [run(0, L0, embeds[:, :L0])]  # everything before the first latent
-            for p in range(n):
-                thought = hs[-1][:, -1:]  # (B, 1, C): the last hidden state of the previous column
-                thoughts.append(thought)
-                # Rows with fewer latents hold an ordinary token (<eot> or later) here: it keeps its embedding.
-                has_latent = (batch.n_latents > p)[:, None, None]
-                hs.append(run(L0 + p, L0 + p + 1, torch.where(has_latent, thought, embeds[:, L0 + p:L0 + p + 1])))
-            if L0 + n < T:
-                hs.append(run(L0 + n, T, embeds[:, L0 + n:]))
-            h = torch.cat(hs, dim=1)  # (B, T, C)
-        # The LM head only where a next token is supervised: most positions are question, latents or padding.
-        logits = gpt.logits(h.flatten(0, 1)[batch.target_idx])  # (N, vocab)
-        losses = F.cross_entropy(logits.float(), gpt.rows(batch.targets), reduction="none")
-        return (losses, torch.cat(thoughts, dim=1) if thoughts else h[:, :0]) if return_thoughts else losses
+        hs = [run(0, L0, embeds[:, :L0])]  # everything before the first latent
+        for p in range(n):
+            thought = self.thought(hs[-1][0][:, -1:])  # (B, 1, C): from the last hidden state of the previous column
+            thoughts.append(thought)
+            # Rows with fewer latents hold an ordinary token (<eot> or later) here: it keeps its embedding.
+            has_latent = (batch.n_latents > p)[:, None, None]
+            hs.append(run(L0 + p, L0 + p + 1, torch.where(has_latent, thought, embeds[:, L0 + p:L0 + p + 1])))
+        if L0 + n < T:
+            hs.append(run(L0 + n, T, embeds[:, L0 + n:]))
+        h = torch.cat([h for h, _ in hs], dim=1)  # (B, T, C)
+        states = [torch.cat(layer, dim=1) for layer in zip(*[s for _, s in hs])] if layers else None
+        return h, torch.cat(thoughts, dim=1), states
+
+    def save(self, path):
+        """Write the model into a checkpoint directory: the GPT (and what a method adds, in its own files)."""
+        self.gpt.save(path)
+
+    def load_extras(self, path):
+        """Read what a method adds to the GPT from a checkpoint directory (nothing for Coconut)."""
 
     @torch.no_grad()
     def generate(self, batch, max_new_tokens, step=None):
@@ -96,16 +116,14 @@ class Coconut(nn.Module):
         cache = self._cache(B, L, device, _compute_dtype(gpt.transformer.wte.weight))
         tokens = torch.full((B, L), EOS, dtype=torch.long, device=device)
         tokens[:, :T] = batch.ids
-        h = gpt(batch.ids[:, :L0], pos=batch.pos[:, :L0], mask=batch.mask[:, :L0], cache=cache,
-                input_pos=torch.arange(L0, device=device))[:, -1].contiguous()  # (B, C) hidden state of column L0-1
+        h, start, thoughts = self.prefill(batch, cache)  # (B, C) hidden state of column start-1
         next_token = gpt.ids(gpt.logits(h).argmax(-1))  # (B,)
         columns = torch.arange(L, device=device)  # step inputs are slices of it: no host-to-device copy per step
         n_generated = torch.zeros(B, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)  # reached EOS
-        thoughts = []
-        for col in range(L0, min(last_stop, L)):
+        for col in range(start, min(last_stop, L)):
             if col < last_thought:
-                thoughts.append(torch.where((col < thought_end)[:, None], h, 0.0))
+                thoughts.append(torch.where((col < thought_end)[:, None], self.thought(h), 0.0))
             generating = (col >= batch.ends) & (col < stop) & ~done
             tokens[:, col] = torch.where(generating, next_token, tokens[:, col])
             n_generated += generating & (next_token != EOS)
@@ -121,6 +139,15 @@ class Coconut(nn.Module):
                           [t + g for t, g in zip(n_thoughts.tolist(), n_generated)],
                           torch.stack(thoughts, 1) if thoughts else h.new_zeros(B, 0, gpt.config.n_embd))
 
+    def prefill(self, batch, cache):
+        """Generation's first pass, into the cache: the columns before the first latent. Returns the hidden state
+        (B, C) of its last column, the column that the loop of one-column steps starts at, and the thoughts it
+        computed (a list of (B, C); none here: the loop computes them)."""
+        L0 = batch.first_latent
+        h = self.gpt(batch.ids[:, :L0], pos=batch.pos[:, :L0], mask=batch.mask[:, :L0], cache=cache,
+                     input_pos=torch.arange(L0, device=batch.ids.device))
+        return h[:, -1].contiguous(), L0, []
+
     def _cache(self, *shape):
         """A KV cache for generation, kept for the next batch of the same shape: CUDA graphs recorded for it stay
         valid. Leftovers from the last batch are never read: every column is written before it is attended to."""
@@ -131,7 +158,7 @@ class Coconut(nn.Module):
 
     def decode_step(self, h, token, is_thought, pos, input_pos, cache):
         """One column for every row: input a thought (h) or a token; return the new h (B, C) and greedy token."""
-        x = torch.where(is_thought[:, None], h, self.gpt.embed(token))[:, None]  # (B, 1, C)
+        x = torch.where(is_thought[:, None], self.thought(h), self.gpt.embed(token))[:, None]  # (B, 1, C)
         h = self.gpt(embeds=x, pos=pos, cache=cache, input_pos=input_pos)[:, 0]
         return h, self.gpt.ids(self.gpt.logits(h).argmax(-1))
 
@@ -180,6 +207,13 @@ def load_gpt(init_from, new_token_init="copy", dropout=0.1, tokens=None, **scrat
     return gpt
 
 
+def token_losses(gpt, h, batch):
+    """Cross-entropy (N,) of each supervised token, from the final hidden states h (B, T, C) of a batch."""
+    # The LM head only where a next token is supervised: most positions are question, latents or padding.
+    logits = gpt.logits(h.flatten(0, 1)[batch.target_idx])  # (N, vocab)
+    return F.cross_entropy(logits.float(), gpt.rows(batch.targets), reduction="none")
+
+
 # -----------------------------------------------------------------------------------------------------------
 # The definition, computed the slow way: what the loop above must equal (tests), and what it is measured
 # against (bench.py). Every thought recomputes everything before it, and nothing is cached.
@@ -197,13 +231,21 @@ def naive_forward(gpt, batch):
     return F.cross_entropy(logits.float(), gpt.rows(batch.targets), reduction="none")
 
 
-def naive_generate(gpt, example, max_new_tokens, feedback=True):
-    """Greedy decoding of one prompt (a data.Example), recomputing the whole sequence for every position."""
+def naive_thoughts(gpt, example):
+    """The input embeddings (1, T, C) of one example (a data.Example) with its thoughts in place of its latents,
+    each thought the last hidden state of the whole sequence before it, recomputed."""
     embeds = gpt.embed(torch.tensor([example.ids], device=gpt.transformer.wte.weight.device))  # (1, T, C)
-    for p in range(example.n_latents if feedback else 0):
+    for p in range(example.n_latents):
         col = example.first_latent + p
         thought = gpt(embeds=embeds[:, :col])[:, -1:]
         embeds = torch.cat([embeds[:, :col], thought, embeds[:, col + 1:]], dim=1)
+    return embeds
+
+
+def naive_generate(gpt, example, max_new_tokens, feedback=True):
+    """Greedy decoding of one prompt (a data.Example), recomputing the whole sequence for every position."""
+    embeds = naive_thoughts(gpt, example) if feedback else gpt.embed(
+        torch.tensor([example.ids], device=gpt.transformer.wte.weight.device))  # (1, T, C)
     out = []
     for _ in range(max_new_tokens):
         token = gpt.ids(gpt.logits(gpt(embeds=embeds)[:, -1]).argmax(-1))  # (1,)

@@ -8,6 +8,7 @@ example (§4.4, Table 1), and the paper's looks inside the thoughts (§4.4 and �
     python eval.py --init_from gpt2 --dataset gsm8k --max_examples 100 --num_latents 0
     python eval.py --ckpt out/gsm8k-coconut/coconut/best --probe     # what each thought decodes to
     python eval.py --ckpt out/prosqa-coconut/best --prosqa_analysis --out analysis.json --plot_dir plots
+    python eval.py --ckpt out/reachability-coconut/best --prosqa_analysis --plot_dir plots   # and the search
     torchrun --nproc_per_node=8 eval.py --ckpt out/gsm8k-coconut/coconut/best   # examples sharded over the GPUs
 
 A checkpoint carries its dataset, method, stage and thoughts per step (run.json, state.json); flags override
@@ -17,6 +18,7 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from coconut import Coconut, load_gpt
+from coconut import Coconut, load_gpt, naive_thoughts
 from common import gather, load_state, one_line_errors, parse_bool, print0, progress_bar, setup
 from data import METHODS, SPLITS, Example, collate, decode, encode, load_dataset, tokenize
 from recipes import DEFAULT_DATASET, DEFAULTS, PRESETS, curriculum as curriculum_of
@@ -139,8 +141,35 @@ def decode_thoughts(gpt, thoughts, counts, k):
             for b, count in enumerate(counts)]
 
 
-PROSQA_CLASSES = ("correct_path", "correct_label", "wrong_target", "hallucination")
+# The paper's classes of an output (§5.1): a written path that is a shortest one to the answer, a longer one, one that
+# leaves the graph (an edge that does not exist, or steps that do not chain), one that ends elsewhere; and for an
+# output with no written step, whether its label is right.
+PROSQA_CLASSES = ("correct_path", "longer_path", "hallucination", "wrong_target", "correct_label", "incorrect_label")
 SENTENCE = re.compile(r"(?:Every )?(\S+) is an? (\S+)\.")  # "Tom is a terpus." or "Every terpus is a brimpus."
+SYMBOL_EDGE = re.compile(r"(\d+) (\d+)")  # a step of synthetic.reachability: "13 2"
+
+
+def is_symbolic(record):
+    """Whether a record is written in symbols (synthetic.reachability): its answer is the target's name alone."""
+    return record["answer"] == record["idx_to_symbol"][record["target"]]
+
+
+def answer_naming(record, node):
+    """The answer that names a node, in the record's own format."""
+    symbols = record["idx_to_symbol"]
+    return symbols[node] if is_symbolic(record) else f"{symbols[record['root']]} is a {symbols[node]}."
+
+
+def written_path(text, record):
+    """The edges (from, to) a text's lines name, as node ids (None where a line names no pair of nodes)."""
+    names = {name: i for i, name in enumerate(record["idx_to_symbol"])}
+    pattern = SYMBOL_EDGE if is_symbolic(record) else SENTENCE
+    path = []
+    for line in text.split("#")[0].splitlines():
+        if line.strip():
+            m = pattern.fullmatch(line.strip())
+            path.append((names.get(m[1]), names.get(m[2])) if m else None)
+    return path
 
 
 def prosqa_graph(record):
@@ -162,46 +191,38 @@ def prosqa_graph(record):
 def classify_prosqa(output, record):
     """One of PROSQA_CLASSES for a generated output such as "Every terpus is a brimpus.\\n### Tom is a brimpus."
 
-    correct_path: correct answer, and the steps are edges of the graph chained into a path that ends at the
-    target, starting from the root or from any node it reaches (where forced thoughts left the search);
-    correct_label: correct answer without such a path; wrong_target: the other option, every step an edge;
-    hallucination: anything else (a step that is not an edge, a concept that does not exist, an answer
-    naming neither option).
+    A written path may start at any node the root reaches (where forced thoughts left off); it is a shortest
+    path if the hops before it and its own add up to the target's distance from the root.
     """
-    names = {name: i for i, name in enumerate(record["idx_to_symbol"])}
+    path, correct = written_path(output, record), is_correct(output, record["answer"])
+    if not path:
+        return "correct_label" if correct else "incorrect_label"
+    hops = prosqa_graph(record)[0]
     edges = {tuple(e) for e in record["edges"]}
-    path = []  # each step's (from, to) node ids; None for a line that is no such sentence
-    for line in output.split("#")[0].splitlines():
-        if line.strip():
-            m = SENTENCE.fullmatch(line.strip())
-            path.append((names.get(m[1]), names.get(m[2])) if m else None)
-    all_edges = all(step in edges for step in path)
-    if is_correct(output, record["answer"]):
-        reached = prosqa_graph(record)[0]
-        found = (path and all_edges and all(a[1] == b[0] for a, b in zip(path, path[1:]))
-                 and path[0][0] in reached and path[-1][1] == record["target"])
-        return "correct_path" if found else "correct_label"
-    symbols = record["idx_to_symbol"]
-    if extract_answer(output) == f"{symbols[record['root']]} is a {symbols[record['neg_target']]}." and all_edges:
-        return "wrong_target"
-    return "hallucination"
+    if not (all(step in edges for step in path) and all(a[1] == b[0] for a, b in zip(path, path[1:]))
+            and path[0][0] in hops):
+        return "hallucination"
+    if correct and path[-1][1] == record["target"]:
+        return "correct_path" if hops[path[0][0]] + len(path) == hops[record["target"]] else "longer_path"
+    return "wrong_target"
 
 
 @torch.no_grad()
 def frontier_values(model, record, curriculum, k, device="cpu", autocast=contextlib.nullcontext()):
     """The value of each frontier node after k thoughts (§5.3): the nodes k hops from the root, each with
-    the probability of its name where the next step would name it, "<eot>Every terpus is a ...": the
-    product of the name's token probabilities after `question <bot> [thought] x k <eot>Every`.
+    the probability of its name where the next step would name it ("<eot>Every terpus is a ..." in ProsQA's
+    sentences, "<eot> 13 2" in symbols): the product of the name's token probabilities after the prompt with
+    k thoughts.
     """
     hops, to_target, heights = prosqa_graph(record)
     frontier = [v for v, d in hops.items() if d == k]
     if not frontier:
         return []
     context = curriculum.prompt(tokenize([record])[0][0], curriculum.final_stage, k)
-    every = encode("Every")
+    prefix = [] if is_symbolic(record) else encode("Every")
     # Only the name's tokens are supervised: the model's loss on them is -log p of each.
     names = [encode(" " + record["idx_to_symbol"][v]) for v in frontier]
-    batch = collate([Example(context.ids + every + name, len(context.ids) + len(every), context.first_latent, k)
+    batch = collate([Example(context.ids + prefix + name, len(context.ids) + len(prefix), context.first_latent, k)
                      for name in names]).to(device)
     with autocast:
         losses = model(batch)  # (N,) over the names' tokens
@@ -213,20 +234,26 @@ def frontier_values(model, record, curriculum, k, device="cpu", autocast=context
             for v, p in zip(frontier, values.tolist())]
 
 
+def check_graphs(records):
+    if not all("edges" in r for r in records):
+        raise ValueError("--prosqa_analysis needs ProsQA records with their graphs (idx_to_symbol, edges, root, "
+                         "target, neg_target): --dataset prosqa, ontology or reachability")
+
+
 def prosqa_analysis(model, records, curriculum, max_new_tokens, batch_size=32, step=None, device="cpu",
                     autocast=contextlib.nullcontext()):
-    """For k = 0..max_latent_stage*c forced thoughts: the class of every output, and the frontier values.
+    """For k = 0..max_latent_stage*c forced thoughts (k = 0 only for a method without latents): the class of
+    every output, and the frontier values.
 
     One dict per k: accuracy, n, counts {class: examples}, value_on_path and value_off_path (the mean value
     of frontier nodes on and off a shortest path to the target; None where there are none), nodes (every
     frontier node of every record: idx, node, name, value, height, on_path), examples (idx, output, class).
     """
-    if not all("edges" in r for r in records):
-        raise ValueError("--prosqa_analysis needs ProsQA records with their graphs (idx_to_symbol, edges, root, "
-                         "target, neg_target): --dataset prosqa or ontology")
+    check_graphs(records)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     rows = []
-    for k in range(curriculum.max_latent_stage * curriculum.c_thought + 1):
+    max_k = curriculum.max_latent_stage * curriculum.c_thought if curriculum.spec.latents else 0
+    for k in range(max_k + 1):
         results = evaluate(model, records, curriculum, curriculum.final_stage, max_new_tokens, batch_size,
                            num_latents=k, step=step, device=device, autocast=autocast, progress=True)
         examples = [{"idx": e["idx"], "output": e["output"], "class": classify_prosqa(e["output"], records[e["idx"]])}
@@ -243,36 +270,202 @@ def prosqa_analysis(model, records, curriculum, max_new_tokens, batch_size=32, s
     return rows
 
 
-def plot_prosqa(rows, plot_dir):
-    """Two PNGs: the share of each class vs k (stacked bars), the mean frontier value on/off path vs k."""
+# -----------------------------------------------------------------------------------------------------------
+# The search in the thoughts ("Reasoning by Superposition", Zhu et al. 2025): in questions whose nodes are tokens
+# (synthetic.reachability), what each thought holds of every node, and where the last layer looks while it
+# computes the thought. Thought i stands for the i-th step of the path: it should hold the frontier, the nodes i
+# hops from the root, and to compute it the last layer should read the edges that leave the frontier before, i - 1
+# hops from the root.
+
+SEARCH_CLASSES = ("frontier", "reached", "later", "unreachable")  # a node's hops from the root: = i, < i, > i, none
+
+
+def search_class(hops, node, i):
+    """The class of a node at thought i, from its hops from the root (hops: {node: hops} of those it reaches)."""
+    if node not in hops:
+        return "unreachable"
+    return "frontier" if hops[node] == i else "reached" if hops[node] < i else "later"
+
+
+def node_tokens(record):
+    """Each node's token id (" 13"), or None if some node's name is not one token."""
+    ids = [encode(" " + name) for name in record["idx_to_symbol"]]
+    return [i[0] for i in ids] if all(len(i) == 1 for i in ids) else None
+
+
+def edge_positions(record, question_ids):
+    """{(source, child): position} of each edge in a question of synthetic.reachability's slots: the child's
+    token in its source's slot ("Children: 0: 9 - - | 1: ..." puts edge (node "0", node "9") at the " 9")."""
+    node = {name: i for i, name in enumerate(record["idx_to_symbol"])}
+    tokens = [decode([t]).strip() for t in question_ids]
+    positions, source = {}, None
+    for col in range(2, len(tokens)):  # after "Children:"
+        if tokens[col] == ":" and source is None:
+            source = node[tokens[col - 1]]
+        elif tokens[col] in ("|", "."):
+            source = None
+        elif source is not None and tokens[col] != "-":
+            positions[(source, node[tokens[col]])] = col
+        if tokens[col] == ".":
+            return positions
+    return positions
+
+
+def is_searchable(record):
+    """Whether the search analysis applies: a graph in slots whose nodes are single tokens."""
+    return "edges" in record and record["question"].startswith("Children:") and node_tokens(record) is not None
+
+
+@torch.no_grad()
+def attention_probs(gpt, embeds, layer=-1):
+    """Attention probabilities (n_head, T, T) of one layer, for one sequence of input embeddings (1, T, C)."""
+    block, captured = gpt.transformer.h[layer], {}
+    hook = block.attn.register_forward_pre_hook(lambda module, args: captured.setdefault("x", args[0]))
+    try:
+        gpt(embeds=embeds)
+    finally:
+        hook.remove()
+    x = captured["x"][0]  # (T, C) the layer's input after ln_1
+    T, C = x.shape
+    q, k, _ = block.attn.c_attn(x).split(C, dim=-1)
+    q, k = (t.view(T, block.attn.n_head, -1).transpose(0, 1) for t in (q, k))  # (nh, T, hd)
+    scores = q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])  # (nh, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+    return scores.masked_fill(~causal, float("-inf")).softmax(-1)
+
+
+@torch.no_grad()
+def search_values(gpt, record, curriculum, device="cpu"):
+    """What the final stage's thoughts of one record hold and read. For each thought i = 1..n: the mean, over the
+    nodes of each of SEARCH_CLASSES, of the thought's inner product with the node's input embedding, and of the
+    LM head's probability of the node's token; the same for the node of the answer's path i hops in ("path");
+    and the last layer's attention, from the position that computes thought i, summed over the edge tokens
+    whose source is in each class at hop i - 1, and over every other token ("other"): attention sums to one."""
+    [tokenized], _ = tokenize([record])
+    prompt = curriculum.prompt(tokenized, curriculum.final_stage)
+    embeds = naive_thoughts(gpt, prompt)  # (1, T, C)
+    first = prompt.first_latent
+    thoughts = embeds[0, first:first + prompt.n_latents]  # (n, C)
+    ids = torch.tensor(node_tokens(record), device=device)
+    inner = thoughts @ gpt.embed(ids).T  # (n, nodes)
+    probs = gpt.logits(thoughts).float().softmax(-1)[:, gpt.rows(ids)]  # (n, nodes)
+    attention = attention_probs(gpt, embeds).mean(0)  # (T, T), over the heads
+    hops = prosqa_graph(record)[0]
+    path = [record["root"]] + [b for _, b in written_path("\n".join(record["steps"]), record)]
+    edges = edge_positions(record, tokenized.question)
+    rows = []
+    for i in range(1, prompt.n_latents + 1):
+        classes = [search_class(hops, v, i) for v in range(len(ids))]
+        mean = lambda values, c: values[[v for v in range(len(ids)) if classes[v] == c]].mean().item() \
+            if c in classes else None
+        on_path = path[i] if i < len(path) else None
+        reads = attention[first + i - 2]  # (T,) the query of thought i: <bot> for i = 1, else latent i - 1
+        mass = {c: 0.0 for c in SEARCH_CLASSES}
+        for (source, _), col in edges.items():
+            mass[search_class(hops, source, i - 1)] += reads[col].item()
+        mass["other"] = reads.sum().item() - sum(mass.values())
+        rows.append(dict(
+            i=i, inner={**{c: mean(inner[i - 1], c) for c in SEARCH_CLASSES},
+                        "path": None if on_path is None else inner[i - 1, on_path].item()},
+            prob={**{c: mean(probs[i - 1], c) for c in SEARCH_CLASSES},
+                  "path": None if on_path is None else probs[i - 1, on_path].item()},
+            attention=mass))
+    return rows
+
+
+def search_analysis(model, records, curriculum, device="cpu"):
+    """search_values of every record, averaged over the records (each mean over those that have the class):
+    one dict per thought i with inner, prob and attention, {class: mean}."""
+    check_graphs(records)
+    if not all(is_searchable(r) for r in records):
+        raise ValueError("the search analysis needs graphs in slots whose nodes are single tokens: --dataset reachability")
+    per_record = [search_values(model.gpt, r, curriculum, device) for r in progress_bar(records, "search")]
+    rows = []
+    for i, parts in enumerate(zip(*per_record), start=1):
+        row = dict(i=i)
+        for key in ("inner", "prob", "attention"):
+            row[key] = {}
+            for c in parts[0][key]:
+                values = [p[key][c] for p in parts if p[key][c] is not None]
+                row[key][c] = sum(values) / len(values) if values else None
+        rows.append(row)
+    return rows
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Pictures of the analyses (matplotlib, optional)
+
+def _figure(width, panels):
     try:
         from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
     except ImportError:
         print0("no plots: matplotlib is not installed (pip install matplotlib)")
+        return None, None
+    fig = Figure(figsize=(width, 3.6))
+    return fig, fig.subplots(1, panels)
+
+
+def _save(fig, plot_dir, name):
+    path = Path(plot_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_prosqa(rows, plot_dir):
+    """prosqa.png: the share of each output class and the accuracy against k forced thoughts, and the mean value
+    of frontier nodes on and off a shortest path."""
+    fig, (classes, values) = _figure(11, 2)
+    if fig is None:
         return []
-    plot_dir = Path(plot_dir)
-    plot_dir.mkdir(parents=True, exist_ok=True)
     ks = [r["k"] for r in rows]
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
     bottom = [0.0] * len(rows)
     for c in PROSQA_CLASSES:
         share = [r["counts"][c] / max(r["n"], 1) for r in rows]
-        ax.bar(ks, share, bottom=bottom, label=c.replace("_", " "))
+        classes.bar(ks, share, bottom=bottom, label=c.replace("_", " "))
         bottom = [b + s for b, s in zip(bottom, share)]
-    ax.set(xlabel="k (continuous thoughts)", ylabel="share of outputs", title="ProsQA outputs after k thoughts", xticks=ks)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
-    fig.savefig(plot_dir / "prosqa_classes.png", dpi=120, bbox_inches="tight")
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
+    classes.plot(ks, [r["accuracy"] for r in rows], "k-o", label="accuracy")
+    classes.set(xlabel="k (thoughts forced)", ylabel="share of outputs", title="Outputs after k thoughts", xticks=ks)
+    classes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
     for key, label in (("value_on_path", "on a shortest path"), ("value_off_path", "off every shortest path")):
         points = [(r["k"], r[key]) for r in rows if r[key] is not None]  # no frontier values at k = 0
         if points:
-            ax.plot(*zip(*points), marker="o", label=label)
-    ax.set(xlabel="k (continuous thoughts)", ylabel="mean value of frontier nodes", title="Frontier values after k thoughts", xticks=ks)
-    ax.legend(fontsize="small")
-    fig.savefig(plot_dir / "prosqa_values.png", dpi=120, bbox_inches="tight")
-    return [plot_dir / "prosqa_classes.png", plot_dir / "prosqa_values.png"]
+            values.plot(*zip(*points), marker="o", label=label)
+    values.set(xlabel="k (thoughts forced)", ylabel="mean value", title="Frontier nodes' values after k thoughts", xticks=ks)
+    values.legend(fontsize="small")
+    fig.subplots_adjust(wspace=0.6)
+    return [_save(fig, plot_dir, "prosqa.png")]
+
+
+def plot_search(rows, plot_dir):
+    """thoughts.png: thought i's inner product with the nodes' embeddings and its LM-head probability of them, by
+    class; attention.png: where the last layer looks while it computes thought i."""
+    paths = []
+    fig, panels = _figure(11, 2)
+    if fig is None:
+        return []
+    ks = [r["i"] for r in rows]
+    for ax, key, label in zip(panels, ("inner", "prob"), ("inner product with the node's embedding",
+                                                          "LM head's probability of the node")):
+        for c in (*SEARCH_CLASSES, "path"):
+            points = [(r["i"], r[key][c]) for r in rows if r[key][c] is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", label="on the answer's path" if c == "path" else c)
+        ax.set(xlabel="thought i", ylabel=label, xticks=ks)
+    panels[0].legend(fontsize="small")
+    fig.suptitle("What thought i holds of each node: frontier = i hops from the root, reached = fewer, later = more")
+    paths.append(_save(fig, plot_dir, "thoughts.png"))
+    fig, ax = _figure(6, 1)
+    bottom = [0.0] * len(rows)
+    for c in (*SEARCH_CLASSES, "other"):
+        mass = [r["attention"][c] or 0.0 for r in rows]
+        ax.bar(ks, mass, bottom=bottom, label="other tokens" if c == "other" else f"edges from {c} nodes")
+        bottom = [b + m for b, m in zip(bottom, mass)]
+    ax.set(xlabel="thought i", ylabel="attention of the last layer", xticks=ks,
+           title="Where the last layer reads while computing thought i\n(edge classes by their source at hop i - 1)")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
+    paths.append(_save(fig, plot_dir, "attention.png"))
+    return paths
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -307,8 +500,9 @@ def parse_args(argv=None):
     a("--probe", action="store_true", help="decode every continuous thought with the LM head: top tokens and probabilities")
     a("--probe_topk", type=int, default=5, help="with --probe: tokens listed per thought")
     a("--question", help="instead: answer this question of one's own, and decode each of its thoughts")
-    a("--prosqa_analysis", action="store_true", help="instead: the paper's §5 on ProsQA, output classes and frontier values for k = 0..max thoughts")
-    a("--plot_dir", help="with --prosqa_analysis: draw prosqa_classes.png and prosqa_values.png here (needs matplotlib)")
+    a("--prosqa_analysis", action="store_true", help="instead: the paper's §5 on ProsQA, output classes and frontier values "
+      "for k = 0..max thoughts; on --dataset reachability also the search in the thoughts")
+    a("--plot_dir", help="with --prosqa_analysis: draw prosqa.png (and thoughts.png, attention.png) here (needs matplotlib)")
     return p.parse_args(argv)
 
 
@@ -329,10 +523,9 @@ def resolve_config(args, run, state):
     for key in ("stage", "num_latents"):
         if cfg.get(key) is not None and cfg[key] < 0:
             raise ValueError(f"--{key} must be at least 0, got {cfg[key]}")
-    if (args.num_latents is not None or args.prosqa_analysis) and not METHODS[cfg["method"]].latents:
+    if args.num_latents is not None and not METHODS[cfg["method"]].latents:
         with_latents = ", ".join(m for m, spec in METHODS.items() if spec.latents)
-        raise ValueError(f"method {cfg['method']} has no latents to force (--num_latents, --prosqa_analysis): "
-                         f"use one of {with_latents}")
+        raise ValueError(f"method {cfg['method']} has no latents to force (--num_latents): use one of {with_latents}")
     return cfg
 
 
@@ -376,6 +569,18 @@ def analysis_table(rows):
     return lines
 
 
+def search_table(rows):
+    """What each thought holds and reads, one line per thought: its mean inner product with the nodes of each class
+    and with the node on the answer's path, then the last layer's attention on the edges leaving each class."""
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    inner, reads = (*SEARCH_CLASSES, "path"), (*SEARCH_CLASSES, "other")
+    lines = ["thought i: inner product with the nodes " + "/".join(inner) + " | attention on edges from " + "/".join(reads)]
+    for r in rows:
+        lines.append(f"{r['i']:>9}: " + " ".join(f"{fmt(r['inner'][c]):>8}" for c in inner) + "  | "
+                     + " ".join(f"{fmt(r['attention'][c]):>6}" for c in reads))
+    return lines
+
+
 def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
@@ -404,6 +609,10 @@ def main(argv=None):
             out = dict(settings=settings, prosqa_analysis=rows)
             print0("\n".join(analysis_table(rows)))
             plots = plot_prosqa(rows, args.plot_dir) if args.plot_dir and rank == 0 else []
+            if curriculum.feedback and all(is_searchable(r) for r in records) and rank == 0:
+                out["search"] = search_analysis(model, records, curriculum, device)
+                print0("\n".join(search_table(out["search"])))
+                plots += plot_search(out["search"], args.plot_dir) if args.plot_dir else []
             for path in plots:
                 print0(f"wrote {path}")
         else:
