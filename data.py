@@ -39,6 +39,7 @@ EOS = 50256  # <|endoftext|>, also the pad id
 BOT = 50257  # <|start-latent|>, "<bot>": the continuous thoughts start after it
 EOT = 50258  # <|end-latent|>, "<eot>": language resumes after it
 LATENT = 50259  # <|latent|>, the placeholder a continuous thought replaces
+NEWLINE = 198  # "\n"
 VOCAB_SIZE = 50260
 
 
@@ -69,15 +70,36 @@ def decode(ids, skip_special=False):
 # -----------------------------------------------------------------------------
 # From records to training sequences: tokenization, the curriculum of each method, collation (paper §3, §4)
 
+class Format(NamedTuple):
+    """How a method writes a record: Coconut's pieces, or the "The answer is: X" of CODI and PCCoT, whose teacher
+    reads the steps but the last (their released code: zhenyi4/codi train.py, whyNLP/PCCoT models/data_processor.py)."""
+    question: str    # appended to the question
+    step: str        # appended to each step, each tokenized alone; None: the steps joined by spaces, one piece (CODI)
+    answer: str      # the answer's text, {} the answer
+    prompt: str      # tokenized alone before the answer, and given at inference (PCCoT's answer prompt)
+    distill: str     # the answer piece's prefix whose last token predicts the answer: where CODI and PCCoT distil
+
+
+FORMATS = {
+    "coconut": Format("\n", "\n", "### {}", "", None),
+    "codi": Format("", None, "The answer is: {}", "", "The answer is:"),
+    "pccot": Format("", "", "{}", "The answer is:", "The answer is:"),
+}
+
+
 @dataclass
 class Tokenized:
     """A record's pieces as token ids, each tokenized on its own, as the authors' code does."""
     question: list   # question + "\n"
     steps: list      # [step + "\n", ...]
-    answer: list     # "### " + answer, then EOS
+    answer: list     # "### " + answer, then EOS (with a Format's prompt first, if it has one)
+    teacher_steps: list = None  # CODI, PCCoT: the teacher's chain of thought, every step but the last
+    prompt_len: int = 0         # tokens of the answer piece given at inference (the Format's prompt)
+    distill_at: int = None      # index in the answer piece of the position that predicts the answer
+    step_ids: list = None       # SIM-CoT: each step alone, without its "\n": what the step decoder writes
 
 
-def tokenize(records, block_size=1024, max_latents=0):
+def tokenize(records, block_size=1024, max_latents=0, method="coconut"):
     """Tokenize records once; a stage's sequences are then cheap to rebuild every epoch.
 
     Nothing is truncated: a record whose longest sequence (every step written out, plus the markers and
@@ -85,17 +107,27 @@ def tokenize(records, block_size=1024, max_latents=0):
     and for each one the index of its record, so skipped ones can be counted and reported.
     """
     enc, known = tokenizer(), {}
+    spec = METHODS[method]
+    fmt = FORMATS[spec.format]
 
     def encode(text):  # a piece seen before (GSM8k-Aug repeats many steps and answers) is encoded once, and shared
         if text not in known:
             known[text] = enc.encode_ordinary(text)  # one by one: faster than encode_ordinary_batch's thread pool
         return known[text]
 
+    prompt = encode(fmt.prompt) if fmt.prompt else []
+    distill_at = len(encode(fmt.distill)) - 1 if fmt.distill else None  # ':' of "The answer is:", the piece's start
     out, kept = [], []
     for idx, r in enumerate(records):
-        q, steps, a = encode(r["question"] + "\n"), [encode(s + "\n") for s in r["steps"]], encode("### " + r["answer"])
+        q, a = encode(r["question"] + fmt.question), prompt + encode(fmt.answer.format(r["answer"]))
+        if fmt.step is None:
+            steps, teacher = [encode(" ".join(r["steps"]))], encode(" ".join(r["steps"][:-1]))
+        else:
+            steps = [encode(s + fmt.step) for s in r["steps"]]
+            teacher = [t for s in steps[:-1] for t in s]
         if len(q) + sum(map(len, steps)) + len(a) + 1 + 2 + max_latents <= block_size:
-            out.append(Tokenized(q, steps, a + [EOS]))
+            out.append(Tokenized(q, steps, a + [EOS], teacher if spec.teacher else None, len(prompt), distill_at,
+                                 [encode(s) for s in r["steps"]] if spec.step_targets else None))
             kept.append(idx)
     return out, kept
 
@@ -117,6 +149,9 @@ class Method(NamedTuple):
     latents: bool    # latent positions replace the removed steps (c_thought per step)
     markers: bool    # <bot> and <eot> around the latents
     feedback: bool   # thoughts are fed back
+    format: str = "coconut"    # how a record is written: FORMATS
+    teacher: bool = False      # CODI, PCCoT: each sequence comes with its teacher's (the CoT) for self-distillation
+    step_targets: bool = False  # SIM-CoT: each group of c_thought latents is decoded into the step it replaces
 
 
 # icot removes leading CoT tokens instead of whole steps (Deng et al. 2024): its own branch in Curriculum.example.
@@ -129,6 +164,10 @@ METHODS = {
     "cot":              Method("cot",        latents=False, markers=False, feedback=False),
     "no_cot":           Method("final",      latents=False, markers=False, feedback=False),
     "icot":             Method("curriculum", latents=False, markers=False, feedback=False),
+    # The methods that followed (README, "The methods that followed"): codi.py, pccot.py, simcot.py.
+    "codi":             Method("final",      latents=True,  markers=True,  feedback=True, format="codi", teacher=True),
+    "pccot":            Method("final",      latents=True,  markers=True,  feedback=True, format="pccot", teacher=True),
+    "simcot":           Method("curriculum", latents=True,  markers=True,  feedback=True, step_targets=True),
 }
 
 
@@ -139,6 +178,21 @@ class Example:
     label_start: int      # ids[label_start:] are supervised (steps left, answer, EOS); before is context
     first_latent: int     # position of the first latent (meaningless without latents)
     n_latents: int
+    teacher: list = None  # CODI, PCCoT: the teacher's sequence, supervised from teacher_label_start
+    teacher_label_start: int = 0
+    distill: tuple = None  # CODI, PCCoT: (position in ids, position in teacher) of the answer-predicting token
+    step_targets: list = None  # SIM-CoT: per group of c_thought latents, the tokens it is decoded into, EOS last
+
+    @property
+    def terms(self):
+        """Items of each term of the loss: supervised tokens; the teacher's tokens and one distillation (CODI,
+        PCCoT); one per decoded step (SIM-CoT). Each term is averaged over its items in a loss group."""
+        terms = (len(self.ids) - self.label_start,)
+        if self.teacher is not None:
+            terms += (len(self.teacher) - self.teacher_label_start, 1)
+        if self.step_targets is not None:
+            terms += (len(self.step_targets),)
+        return terms
 
 
 @dataclass(frozen=True)
@@ -211,7 +265,31 @@ class Curriculum:
         steps, n = self._steps_and_latents(rec, stage)
         context = self._context(rec, n)
         ids = context + [t for step in steps for t in step] + rec.answer
-        return Example(ids, len(context), len(rec.question) + 1, n)
+        example = Example(ids, len(context), len(rec.question) + 1, n)
+        if rec.teacher_steps is not None:
+            example.teacher = rec.question + rec.teacher_steps + rec.answer
+            example.teacher_label_start = len(rec.question)
+            example.distill = (len(ids) - len(rec.answer) + rec.distill_at,
+                               len(rec.question) + len(rec.teacher_steps) + rec.distill_at)
+        if rec.step_ids is not None:
+            example.step_targets = self.step_targets(rec, n // self.c_thought)
+        return example
+
+    def step_targets(self, rec, groups):
+        """SIM-CoT (InternLM/SIM-CoT, Coconut/coconut.py): what each of `groups` groups of latents is decoded into.
+        Group i writes step i; the last group of the schedule (max_latent_stage) writes all the steps left, joined by
+        "\n"; a group with no step left writes the answer ("### X"). Each ends with EOS."""
+        last = self.max_latent_stage - 1
+        targets = []
+        for i in range(groups):
+            if i < min(last, len(rec.step_ids)):
+                target = rec.step_ids[i]
+            elif i == last and len(rec.step_ids) > last:
+                target = [t for j, s in enumerate(rec.step_ids[last:]) for t in ([NEWLINE] if j else []) + s]
+            else:
+                target = rec.answer[:-1]
+            targets.append(target + [EOS])
+        return targets
 
     def prompt(self, rec, stage, n_latents=None):
         """The evaluation prompt at a stage: the question, and that stage's thoughts between the markers.
@@ -222,7 +300,7 @@ class Curriculum:
             n_latents = 0
         elif n_latents is None:
             n_latents = min(stage, cap) * self.c_thought
-        context = self._context(rec, n_latents)
+        context = self._context(rec, n_latents) + rec.answer[:rec.prompt_len]  # PCCoT's answer prompt is given
         return Example(context, len(context), len(rec.question) + 1, n_latents)
 
 
@@ -240,10 +318,31 @@ class Batch:
     targets: torch.Tensor     # (N,) that next token
     first_latent: int         # plain ints, so the model's loop never waits on the device
     max_latents: int
+    teacher: "Batch" = None   # CODI, PCCoT: the teacher's sequences, collated as plain ones
+    distill_idx: torch.Tensor = None          # (B,) flat position (row * T + col) of each row's distillation
+    teacher_distill_idx: torch.Tensor = None  # (B,) the same in the teacher's batch
+    steps: "Steps" = None     # SIM-CoT: the step decoder's sequences
 
     def to(self, device):
-        moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in vars(self).items()}
+        moved = {k: v.to(device) if isinstance(v, (Batch, Steps)) else
+                 v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in vars(self).items()}
         return Batch(**moved)
+
+
+@dataclass
+class Steps:
+    """SIM-CoT's step decoder inputs: one row per (row of the batch, group of latents), in that order. A row reads
+    the group's c latents, then its step's tokens; positions start at 1, as in the authors' code."""
+    rows: torch.Tensor        # (M,) the batch row of each
+    groups: torch.Tensor      # (M,) the group of latents of each
+    ids: torch.Tensor         # (M, S) the step's tokens, EOS-padded; they follow c latents: columns c..c+S-1
+    mask: torch.Tensor        # (M, c + S) True for latents and real tokens
+    target_idx: torch.Tensor  # (K,) flat positions m * (c + S) + col whose next token is supervised
+    targets: torch.Tensor     # (K,)
+    items: torch.Tensor       # (K,) the row m of each target: its loss adds to that step's
+
+    def to(self, device):
+        return Steps(**{k: v.to(device, non_blocking=True) for k, v in vars(self).items()})
 
 
 def collate(examples, align_ends=False):
@@ -271,9 +370,37 @@ def collate(examples, align_ends=False):
         target_idx.extend(range(row * T + s + e.label_start - 1, row * T + s + n - 1))
         targets.extend(e.ids[e.label_start:])
     n_latents = [e.n_latents for e in examples]
-    return Batch(ids, pos, mask, torch.tensor(starts), torch.tensor([s + len(e.ids) for s, e in zip(starts, examples)]),
-                 torch.tensor(n_latents), torch.tensor(target_idx, dtype=torch.long),
-                 torch.tensor(targets, dtype=torch.long), column, max(n_latents))
+    batch = Batch(ids, pos, mask, torch.tensor(starts), torch.tensor([s + len(e.ids) for s, e in zip(starts, examples)]),
+                  torch.tensor(n_latents), torch.tensor(target_idx, dtype=torch.long),
+                  torch.tensor(targets, dtype=torch.long), column, max(n_latents))
+    if examples[0].teacher is not None:
+        batch.teacher = collate([Example(e.teacher, e.teacher_label_start, 0, 0) for e in examples])
+        Tt = batch.teacher.ids.shape[1]
+        batch.distill_idx = torch.tensor([row * T + s + e.distill[0] for row, (s, e) in enumerate(zip(starts, examples))])
+        batch.teacher_distill_idx = torch.tensor([row * Tt + e.distill[1] for row, e in enumerate(examples)])
+    if examples[0].step_targets is not None:
+        batch.steps = collate_steps(examples, max(n_latents) // max(len(e.step_targets) for e in examples)
+                                    if any(e.step_targets for e in examples) else 1)
+    return batch
+
+
+def collate_steps(examples, c):
+    """SIM-CoT's step decoder batch: every (row, group) of the examples, each c latents then its target tokens."""
+    items = [(row, g, t) for row, e in enumerate(examples) for g, t in enumerate(e.step_targets)]
+    S = max((len(t) for _, _, t in items), default=1)
+    M = len(items)
+    ids = torch.full((M, S), EOS, dtype=torch.long)
+    mask = torch.zeros(M, c + S, dtype=torch.bool)
+    target_idx, targets, owners = [], [], []
+    for m, (_, _, t) in enumerate(items):
+        ids[m, :len(t)] = torch.tensor(t)
+        mask[m, :c + len(t)] = True
+        target_idx.extend(range(m * (c + S) + c - 1, m * (c + S) + c - 1 + len(t)))  # the last latent writes t[0]
+        targets.extend(t)
+        owners.extend([m] * len(t))
+    return Steps(torch.tensor([r for r, _, _ in items], dtype=torch.long), torch.tensor([g for _, g, _ in items], dtype=torch.long),
+                 ids, mask, torch.tensor(target_idx, dtype=torch.long), torch.tensor(targets, dtype=torch.long),
+                 torch.tensor(owners, dtype=torch.long))
 
 
 # -----------------------------------------------------------------------------

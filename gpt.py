@@ -159,13 +159,15 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx=None, embeds=None, pos=None, mask=None, cache=None, input_pos=None):
+    def forward(self, idx=None, embeds=None, pos=None, mask=None, cache=None, input_pos=None, layers=False):
         """Final hidden states (B, T, C), after ln_f, of tokens idx (B, T) or of input embeddings (B, T, C).
 
         pos: (B, T) position ids; by default each token's column.
         mask: (B, T) True for real tokens, False for padding; by default all real.
         cache, input_pos: write this block's keys and values at cache columns input_pos (T,) and attend
         to the whole cache up to each query's column.
+        layers: also return the hidden states of every layer, as transformers' output_hidden_states gives them
+        (n_layer + 1 of (B, T, C): the embeddings, each block's output but the last, then ln_f's output).
         """
         x = self.embed(idx) if embeds is None else embeds
         B, T, _ = x.shape
@@ -173,11 +175,14 @@ class GPT(nn.Module):
             pos = (input_pos if cache is not None else torch.arange(T, device=x.device)).expand(B, T)
         x = self.transformer.drop(x + self.transformer.wpe(pos))
         attn_mask = self._attention_mask(mask, cache, input_pos, B, T, x.device)
+        states = []
         for layer, block in enumerate(self.transformer.h):
+            states.append(x)
             x, kv = block(x, attn_mask, cache.layers[layer] if cache is not None else None, input_pos)
             if cache is not None:
                 cache.layers[layer] = kv
-        return self.transformer.ln_f(x)
+        h = self.transformer.ln_f(x)
+        return (h, states + [h]) if layers else h
 
     def _attention_mask(self, mask, cache, input_pos, B, T, device):
         """(B, 1, T, L) bool: query t sees key j iff j is not after t and is a real token; None: plain causal."""

@@ -1,0 +1,71 @@
+"""
+SIM-CoT: each group of continuous thoughts supervised with the step it replaces (Wei et al. 2025, arXiv:2509.20317;
+the authors' code: github.com/InternLM/SIM-CoT, Coconut/coconut.py, CoconutGPT_Same_Word_Embedding). A visible
+delta on coconut.py: Coconut's curriculum and loop, plus an auxiliary step decoder in training only.
+
+The step decoder is a separate GPT (initialised as the model starts: from GPT-2's weights, or the same random
+init from scratch). For each group of c_thought thoughts it reads those thoughts, then the tokens of the step
+they replace (embedded by the model's own token embedding), and is trained to write that step, then EOS
+(positions from 1, as in the authors' code). Group i writes step i; the last group of the schedule
+(max_latent_stage) writes all the steps left, joined by "\\n"; a group with no step left writes "### X"
+(data.Curriculum.step_targets). Its loss is each step's summed token cross-entropy, averaged over the steps
+(the authors': the mean over groups of the mean over rows), added to Coconut's. Gradients reach the thoughts,
+so the whole chain. Generation is Coconut's: the decoder is not used at inference.
+
+    model = SimCoT(load_gpt("gpt2"), load_gpt("gpt2"))
+    losses = model(data.collate(examples))   # (N + M,): Coconut's token losses, then each decoded step's
+"""
+import os
+
+import torch
+import torch.nn.functional as F
+
+from coconut import Coconut, token_losses
+from gpt import GPT
+
+
+class SimCoT(Coconut):
+    unused_parameters = True  # a step at stage 0 has no thought, and its step decoder no input
+
+    def __init__(self, gpt, decoder):
+        super().__init__(gpt, feedback=True)
+        self.decoder = decoder
+
+    def forward(self, batch, return_thoughts=False):
+        """Per-item losses: Coconut's supervised tokens (N,), then each decoded step's summed cross-entropy (M,)."""
+        h, thoughts, _ = self.hidden(batch)
+        losses = torch.cat([token_losses(self.gpt, h, batch), self.step_losses(thoughts, batch.steps)])
+        return (losses, thoughts) if return_thoughts else losses
+
+    def step_losses(self, thoughts, steps):
+        """Each step's loss (M,): the decoder reads the group's thoughts (from thoughts (B, n, C)), then the step."""
+        M, S = steps.ids.shape
+        if M == 0:
+            return thoughts.new_zeros(0, dtype=torch.float32)
+        c = steps.mask.shape[1] - S
+        group = steps.groups[:, None] * c + torch.arange(c, device=thoughts.device)  # (M, c) the thoughts of each
+        x = torch.cat([thoughts[steps.rows[:, None], group], self.gpt.embed(steps.ids)], dim=1)  # (M, c + S, C)
+        pos = torch.arange(1, c + S + 1, device=x.device).expand(M, -1)
+        h = self.decoder(embeds=x, pos=pos, mask=steps.mask)
+        logits = self.decoder.logits(h.flatten(0, 1)[steps.target_idx])  # (K, vocab)
+        ce = F.cross_entropy(logits.float(), self.decoder.rows(steps.targets), reduction="none")
+        return torch.zeros(M, device=ce.device, dtype=ce.dtype).index_add(0, steps.items, ce)
+
+    def save(self, path):
+        super().save(path)
+        os.makedirs(f"{path}/step_decoder", exist_ok=True)
+        self.decoder.save(f"{path}/step_decoder")
+
+    def load_extras(self, path):
+        decoder = GPT.load(f"{path}/step_decoder", dropout=self.decoder.config.dropout)
+        self.decoder.load_state_dict(decoder.state_dict())
+
+
+def naive_step_loss(decoder, gpt, thoughts, target):
+    """One step's loss, from its definition: the decoder reads the thoughts (1, c, C) and the target's tokens,
+    positions from 1, no padding; the sum of the cross-entropy of each target token."""
+    x = torch.cat([thoughts, gpt.embed(torch.tensor([target], device=thoughts.device))], dim=1)
+    c = thoughts.shape[1]
+    h = decoder(embeds=x, pos=torch.arange(1, x.shape[1] + 1, device=x.device)[None])
+    logits = decoder.logits(h[0, c - 1:c - 1 + len(target)])
+    return F.cross_entropy(logits.float(), decoder.rows(torch.tensor(target, device=x.device)), reduction="sum")

@@ -1,0 +1,161 @@
+"""CODI, PCCoT and SIM-CoT (codi.py, pccot.py, simcot.py) against their definitions, on real GSM8k-Aug records.
+
+Each reference is naive and runs one row at a time, with no padding and no cache: every thought (and every
+latent of every Jacobi iteration) recomputes the whole prefix; the losses are written from the papers' and the
+authors' formulas (SmoothL1Loss over a batch divided by the teacher's standard deviation, per layer; a step's
+summed cross-entropy), and compared with the fast code's in value and in every parameter's gradient.
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import data
+from codi import CODI
+from coconut import Coconut
+from data import Curriculum, collate, tokenize
+from gpt import GPT
+from pccot import PCCoT, naive_latents
+from simcot import SimCoT, naive_step_loss
+
+
+@pytest.fixture(scope="module")
+def gpt(tiny_gpt2_dir):
+    gpt = GPT.from_pretrained(tiny_gpt2_dir, dropout=0.0)
+    gpt.grow_vocab(data.VOCAB_SIZE, init_row=data.encode("<<")[0])
+    torch.manual_seed(0)
+    with torch.no_grad():  # distinct latent-token rows, so that confusing them would show
+        gpt.transformer.wte.weight[data.EOS + 1:] += 0.05 * torch.randn(3, gpt.config.n_embd)
+    return gpt
+
+
+@pytest.fixture(scope="module")
+def records(fixtures):
+    return data.load_dataset("gsm8k", "test", data_dir=fixtures / "gsm8k")[:6]
+
+
+def check_gradients(model, fast, naive):
+    """fast and naive: scalar losses of the same model. Their values, and every parameter's gradient, agree."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fast_grads = torch.autograd.grad(fast, params, allow_unused=True)
+    naive_grads = torch.autograd.grad(naive, params, allow_unused=True)
+    assert (fast - naive).abs() <= 1e-5 * naive.abs()
+    for (name, _), f, n in zip(model.named_parameters(), fast_grads, naive_grads):
+        assert (f is None) == (n is None), name
+        if f is not None:
+            assert (f - n).norm() <= 1e-4 * n.norm() + 1e-9, name
+
+
+def naive_self_distillation(model, examples, thoughts_of, first_layer):
+    """CODI's loss (and PCCoT's), from its definition: per row alone, its thoughts (thoughts_of), then one full pass
+    of the student and one of the teacher, each giving every layer's state; then the batch's loss as the authors
+    write it: student token mean + teacher token mean + mean over layers of SmoothL1Loss()/teacher.std()."""
+    gpt = model.gpt
+    student_ce, teacher_ce, s_states, t_states = [], [], [], []
+    for e in examples:
+        ids = torch.tensor([e.ids])
+        embeds = gpt.embed(ids)
+        thoughts = thoughts_of(ids, e)  # (1, n, C)
+        embeds = torch.cat([embeds[:, :e.first_latent], thoughts, embeds[:, e.first_latent + e.n_latents:]], dim=1)
+        h, states = gpt(embeds=embeds, layers=True)
+        student_ce.append(F.cross_entropy(gpt.logits(h[0, e.label_start - 1:-1]), ids[0, e.label_start:], reduction="none"))
+        s_states.append(torch.stack([s[0, e.distill[0]] for s in states]))
+        t_ids = torch.tensor([e.teacher])
+        th, states = gpt(t_ids, layers=True)
+        teacher_ce.append(F.cross_entropy(gpt.logits(th[0, e.teacher_label_start - 1:-1]), t_ids[0, e.teacher_label_start:],
+                                          reduction="none"))
+        t_states.append(torch.stack([s[0, e.distill[1]] for s in states]).detach())
+    s_states, t_states = torch.stack(s_states, 1), torch.stack(t_states, 1)  # (layers, B, C)
+    distill = sum(torch.nn.SmoothL1Loss()(s[:, None], t[:, None]) / t.std()
+                  for s, t in zip(s_states[first_layer:], t_states[first_layer:])) / (len(s_states) - first_layer)
+    return torch.cat(student_ce).mean() + torch.cat(teacher_ce).mean() + distill
+
+
+def sequential_thoughts(model):
+    """Coconut's definition of the thoughts, with the method's projection: each recomputes the whole prefix."""
+    def thoughts_of(ids, e):
+        embeds = model.gpt.embed(ids)[:, :e.first_latent]
+        for _ in range(e.n_latents):
+            embeds = torch.cat([embeds, model.thought(model.gpt(embeds=embeds)[:, -1:])], dim=1)
+        return embeds[:, e.first_latent:]
+    return thoughts_of
+
+
+def fast_total(losses, examples):
+    """The fast per-item losses summed with the weights of one loss group: each term's mean over its items."""
+    terms = [sum(e.terms[k] for e in examples) for k in range(len(examples[0].terms))]
+    return sum(part.mean() for part in losses.split(terms))
+
+
+def test_codi_loss_equals_its_definition(gpt, records):
+    torch.manual_seed(1)
+    model = CODI(copy.deepcopy(gpt))
+    cur = Curriculum(method="codi", c_thought=1, max_latent_stage=6)
+    examples = [cur.example(t, cur.final_stage) for t in tokenize(records, method="codi")[0]]
+    batch = collate(examples)
+    assert batch.max_latents == 6 and len(set(batch.starts.tolist())) > 1  # padded rows among them
+    losses = model(batch)
+    assert losses.shape == (batch.target_idx.numel() + batch.teacher.target_idx.numel() + len(examples),)
+    check_gradients(model, fast_total(losses, examples), naive_self_distillation(model, examples, sequential_thoughts(model), 0))
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_pccot_loss_equals_its_definition_and_its_latents_the_chain(gpt, records, iterations):
+    model = PCCoT(copy.deepcopy(gpt), iterations=iterations)
+    n = 6
+    cur = Curriculum(method="pccot", c_thought=1, max_latent_stage=n)
+    examples = [cur.example(t, cur.final_stage) for t in tokenize(records, method="pccot")[0]]
+    batch = collate(examples)
+    losses, fed = model(batch, return_thoughts=True)
+    naive = lambda ids, e: naive_latents(model.gpt, ids, e.first_latent, e.n_latents, iterations)
+    check_gradients(model, fast_total(losses, examples), naive_self_distillation(model, examples, naive, 1))
+    # The latents fed to the T-th iteration: the first T are the sequential chain's, the others are not.
+    with torch.no_grad():
+        _, chain, _ = Coconut(model.gpt).hidden(batch)
+        fed = fed.detach()
+    assert torch.allclose(fed[:, :iterations], chain[:, :iterations], atol=1e-5)
+    assert not torch.allclose(fed[:, iterations], chain[:, iterations], atol=1e-3)
+
+
+def test_pccot_generates_as_it_trains(gpt, records):
+    """Generation's Jacobi prefill gives the latents of the training loop, and the answer it reads."""
+    model = PCCoT(copy.deepcopy(gpt), iterations=2).eval()
+    cur = Curriculum(method="pccot", c_thought=1, max_latent_stage=5)
+    tokenized = tokenize(records, method="pccot")[0]
+    prompts = [cur.prompt(t, cur.final_stage) for t in tokenized]
+    out = model.generate(collate(prompts, align_ends=True), max_new_tokens=4)
+    with torch.no_grad():
+        for i, p in enumerate(prompts):
+            ids = torch.tensor([p.ids])
+            fed = naive_latents(model.gpt, ids, p.first_latent, p.n_latents, 2)
+            assert torch.allclose(out.thoughts[i], fed[0], atol=1e-5)
+            embeds = model.gpt.embed(ids)
+            embeds = torch.cat([embeds[:, :p.first_latent], fed, embeds[:, p.first_latent + p.n_latents:]], dim=1)
+            first = model.gpt.logits(model.gpt(embeds=embeds)[0, -1]).argmax().item()
+            assert out.tokens[i][0] == first
+            assert out.n_tokens[i] == 5 + len(out.tokens[i]) - (out.tokens[i][-1] == data.EOS)
+
+
+def test_simcot_loss_equals_its_definition(gpt, records):
+    torch.manual_seed(2)
+    model = SimCoT(copy.deepcopy(gpt), copy.deepcopy(gpt))
+    cur = Curriculum(method="simcot", c_thought=2, max_latent_stage=3)
+    tokenized = tokenize(records, method="simcot")[0]
+    # Stages 1, 2, 3 and the final one, a CoT row: steps merged into the last group, and "### X" for missing ones
+    examples = [cur.example(t, s) for t, s in zip(tokenized, [1, 4, 3, 0, 2, 4])]
+    assert any(data.NEWLINE in t for e in examples for t in e.step_targets)
+    batch = collate(examples)
+    losses = model(batch)
+    naive_tokens, naive_steps = [], []
+    for e in examples:
+        thoughts = sequential_thoughts(model)(torch.tensor([e.ids]), e)
+        embeds = model.gpt.embed(torch.tensor([e.ids]))
+        embeds = torch.cat([embeds[:, :e.first_latent], thoughts, embeds[:, e.first_latent + e.n_latents:]], dim=1)
+        h = model.gpt(embeds=embeds)
+        naive_tokens.append(F.cross_entropy(model.gpt.logits(h[0, e.label_start - 1:-1]), torch.tensor(e.ids[e.label_start:]),
+                                            reduction="none"))
+        naive_steps += [naive_step_loss(model.decoder, model.gpt, thoughts[:, 2 * g:2 * g + 2], target)
+                        for g, target in enumerate(e.step_targets)]
+    naive = torch.cat(naive_tokens).mean() + torch.stack(naive_steps).mean()
+    check_gradients(model, fast_total(losses, examples), naive)
