@@ -320,7 +320,7 @@ def is_searchable(record):
 def attention_probs(gpt, embeds, layer=-1):
     """Attention probabilities (n_head, T, T) of one layer, for one sequence of input embeddings (1, T, C)."""
     block, captured = gpt.transformer.h[layer], {}
-    hook = block.attn.register_forward_pre_hook(lambda module, args: captured.setdefault("x", args[0]))
+    hook = block.attn.register_forward_pre_hook(lambda module, args: captured.update(x=args[0]))  # returns None: args unchanged
     try:
         gpt(embeds=embeds)
     finally:
@@ -415,9 +415,11 @@ def _save(fig, plot_dir, name):
 def plot_prosqa(rows, plot_dir):
     """prosqa.png: the share of each output class and the accuracy against k forced thoughts, and the mean value
     of frontier nodes on and off a shortest path."""
-    fig, (classes, values) = _figure(11, 2)
+    with_values = any(r["value_on_path"] is not None or r["value_off_path"] is not None for r in rows)
+    fig, panels = _figure(11 if with_values else 6, 2 if with_values else 1)
     if fig is None:
         return []
+    classes, values = panels if with_values else (panels, None)
     ks = [r["k"] for r in rows]
     bottom = [0.0] * len(rows)
     for c in PROSQA_CLASSES:
@@ -427,13 +429,15 @@ def plot_prosqa(rows, plot_dir):
     classes.plot(ks, [r["accuracy"] for r in rows], "k-o", label="accuracy")
     classes.set(xlabel="k (thoughts forced)", ylabel="share of outputs", title="Outputs after k thoughts", xticks=ks)
     classes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
-    for key, label in (("value_on_path", "on a shortest path"), ("value_off_path", "off every shortest path")):
-        points = [(r["k"], r[key]) for r in rows if r[key] is not None]  # no frontier values at k = 0
-        if points:
-            values.plot(*zip(*points), marker="o", label=label)
-    values.set(xlabel="k (thoughts forced)", ylabel="mean value", title="Frontier nodes' values after k thoughts", xticks=ks)
-    values.legend(fontsize="small")
-    fig.subplots_adjust(wspace=0.6)
+    if with_values:  # none at k = 0, and so none for a method without thoughts
+        for key, label in (("value_on_path", "on a shortest path"), ("value_off_path", "off every shortest path")):
+            points = [(r["k"], r[key]) for r in rows if r[key] is not None]
+            if points:
+                values.plot(*zip(*points), marker="o", label=label)
+        values.set(xlabel="k (thoughts forced)", ylabel="mean value", title="Frontier nodes' values after k thoughts",
+                   xticks=ks)
+        values.legend(fontsize="small")
+        fig.subplots_adjust(wspace=0.6)
     return [_save(fig, plot_dir, "prosqa.png")]
 
 

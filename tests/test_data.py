@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import itertools
 import json
+import random
 import re
 import statistics
 import subprocess
@@ -401,3 +402,67 @@ def test_cli_generate(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(out.read_text()) == synthetic.generate_prosqa(20, 3, synthetic.SMALL)
     assert re.search(r"hops +\d\.\d\d +3\.8", result.stdout)
+
+
+# -----------------------------------------------------------------------------
+# Reachability: ProsQA's graphs in symbols, a node's children in a slot of its own
+
+REACH = re.compile(r"Children: (.*)\. Is (\d+) or (\d+) reachable from (\d+)\?")
+
+
+def solve_reachability(question):
+    """The independent solver: the slots read back into lists of children, a breadth-first search from the root;
+    the two candidates, the root, each number's hops from the root, and the children."""
+    slots, a, b, root = REACH.fullmatch(question).groups()
+    children = {}
+    for i, slot in enumerate(slots.split(" | ")):
+        name, kids = slot.split(": ")
+        assert name == str(i)  # slots in the order of the numbers
+        children[name] = [k for k in kids.split() if k != "-"]
+        assert len(kids.split()) == synthetic.REACHABILITY.max_children
+    hops, frontier, depth = {root: 0}, [root], 0
+    while frontier:
+        depth += 1
+        frontier = list(dict.fromkeys(c for v in frontier for c in children[v] if c not in hops))
+        hops.update((c, depth) for c in frontier)
+    return (a, b), root, hops, children
+
+
+def test_reachability_answers_and_steps_are_right():
+    splits = generated("reachability")
+    for r in [r for split in splits.values() for r in split]:
+        candidates, root, hops, children = solve_reachability(r["question"])
+        assert [c in hops for c in candidates].count(True) == 1  # exactly one candidate is reachable...
+        assert r["answer"] in candidates and r["answer"] in hops  # ...and it is the answer
+        assert 3 <= hops[r["answer"]] <= 5 and len(r["steps"]) == hops[r["answer"]]  # a shortest path, 3 to 5 hops
+        path = [root]
+        for step in r["steps"]:
+            a, b = step.split()
+            assert step == f" {a} {b}" and a == path[-1] and b in children[a]
+            path.append(b)
+        assert path[-1] == r["answer"]
+        # The record's graph is the question's graph.
+        symbols = r["idx_to_symbol"]
+        assert sorted(symbols, key=int) == [str(i) for i in range(len(symbols))]
+        assert sorted((symbols[a], symbols[b]) for a, b in r["edges"]) == sorted((a, b) for a in children for b in children[a])
+        assert (symbols[r["root"]], symbols[r["target"]]) == (root, r["answer"])
+    train = {r["question"] for r in splits["train"]}
+    assert not any(r["question"] in train for r in splits["valid"] + splits["test"])  # held out: never trained on
+    # Search matters: the root has several children on average, and a walk that takes a random child at each step
+    # until a leaf ends at the answer in well under half of the questions.
+    rng, branches, hits = random.Random(0), [], 0
+    for r in splits["test"]:
+        _, v, _, children = solve_reachability(r["question"])
+        branches.append(len(children[v]))
+        while children[v]:
+            v = rng.choice(children[v])
+        hits += v == r["answer"]
+    assert statistics.mean(branches) > 1.5 and hits / len(splits["test"]) < 0.5
+
+
+def test_reachability_is_deterministic_and_every_node_is_one_token():
+    a = synthetic.reachability(50, seed=5)
+    assert a == synthetic.reachability(50, seed=5) and a != synthetic.reachability(50, seed=6)
+    for r in a:
+        assert all(len(data.encode(" " + name)) == 1 for name in r["idx_to_symbol"])
+        assert all(len(data.encode(step)) == 2 for step in r["steps"])

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import train
-from coconut import Coconut, load_gpt
-from data import EOS, METHODS, Curriculum, collate, encode, load_dataset, tokenize, vocabulary
-from eval import classify_prosqa, evaluate, extract_answer, frontier_values, is_correct, main, plot_prosqa
+from coconut import Coconut, load_gpt, naive_thoughts
+from data import EOS, METHODS, Curriculum, collate, decode, encode, load_dataset, tokenize, vocabulary
+from eval import (attention_probs, classify_prosqa, edge_positions, evaluate, extract_answer, frontier_values, is_correct,
+                  is_searchable, main, plot_prosqa, search_class, search_values)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--split", "valid", "--max_examples", "3", "--max_new_tokens", "16", "--device", "cpu", "--dtype", "float32"]
@@ -203,20 +204,79 @@ GRAPH = dict(
 @pytest.mark.parametrize("output, expected", [
     ("Tom is a wumpus.\nEvery wumpus is a zumpus.\n### Tom is a zumpus.", "correct_path"),
     ("Every wumpus is a zumpus.\n### Tom is a zumpus.", "correct_path"),  # where one thought left the search
-    ("Tom is a yumpus.\nEvery yumpus is a dumpus.\nEvery dumpus is a zumpus.\n### Tom is a zumpus.", "correct_path"),
+    ("Tom is a yumpus.\nEvery yumpus is a dumpus.\nEvery dumpus is a zumpus.\n### Tom is a zumpus.", "longer_path"),
+    ("Every yumpus is a dumpus.\nEvery dumpus is a zumpus.\n### Tom is a zumpus.", "longer_path"),  # 1 + 2 hops > 2
     ("### Tom is a zumpus.", "correct_label"),  # no path
-    ("Tom is a yumpus.\nEvery wumpus is a zumpus.\n### Tom is a zumpus.", "correct_label"),  # not connected
-    ("Tom is a yumpus.\nEvery yumpus is a zumpus.\n### Tom is a zumpus.", "correct_label"),  # not an edge
-    ("Ann is a wumpus.\nEvery wumpus is a zumpus.\n### Tom is a zumpus.", "correct_label"),  # Ann's path, not Tom's
-    ("Tom is a yumpus.\nEvery yumpus is a dumpus.\n### Tom is a rompus.", "wrong_target"),
-    ("### Tom is a rompus.", "wrong_target"),
+    ("### Tom is a rompus.", "incorrect_label"),
+    ("Tom is a yumpus.\nEvery wumpus is a zumpus.\n### Tom is a zumpus.", "hallucination"),  # not connected
+    ("Tom is a yumpus.\nEvery yumpus is a zumpus.\n### Tom is a zumpus.", "hallucination"),  # not an edge
+    ("Ann is a wumpus.\nEvery wumpus is a zumpus.\n### Tom is a zumpus.", "hallucination"),  # Ann's path, not Tom's
     ("Tom is a yumpus.\nEvery yumpus is a rompus.\n### Tom is a rompus.", "hallucination"),  # not an edge
     ("Every wumpus is a blicket.\n### Tom is a rompus.", "hallucination"),  # no such concept
-    ("Tom is a wumpus.\n### Tom is a dumpus.", "hallucination"),  # neither option
     ("garbled text", "hallucination"),
+    ("Tom is a yumpus.\nEvery yumpus is a dumpus.\n### Tom is a rompus.", "wrong_target"),  # ends short of the target
+    ("Tom is a wumpus.\n### Tom is a dumpus.", "wrong_target"),
 ])
 def test_classify_prosqa(output, expected):
     assert classify_prosqa(output, GRAPH) == expected
+
+
+# The same graph in symbols (synthetic.reachability): Tom 3, Ann 5, wumpus 0, yumpus 6, zumpus 2, dumpus 4, rompus 1.
+SYMBOLS = dict(
+    question="Children: 0: 2 - | 1: - - | 2: - - | 3: 0 6 | 4: 2 - | 5: 0 1 | 6: 4 -. Is 2 or 1 reachable from 3?",
+    steps=[" 3 0", " 0 2"], answer="2", idx_to_symbol=["3", "5", "0", "6", "2", "4", "1"],
+    edges=GRAPH["edges"], root=0, target=4, neg_target=6)
+
+
+@pytest.mark.parametrize("output, expected", [
+    ("3 0\n0 2\n### 2", "correct_path"), ("0 2\n### 2", "correct_path"), ("3 6\n6 4\n4 2\n### 2", "longer_path"),
+    ("### 2", "correct_label"), ("### 1", "incorrect_label"), ("3 6\n6 1\n### 1", "hallucination"),
+    ("5 0\n0 2\n### 2", "hallucination"), ("3 6\n6 4\n### 1", "wrong_target"),
+])
+def test_classify_symbols(output, expected):
+    assert classify_prosqa(output, SYMBOLS) == expected
+
+
+def test_edge_positions_and_search_classes():
+    ids = encode(SYMBOLS["question"] + "\n")
+    positions = edge_positions(SYMBOLS, ids)
+    assert sorted(positions) == sorted(map(tuple, SYMBOLS["edges"]))
+    for (source, child), col in positions.items():  # the child's number, after its source's "N:"
+        assert decode(ids[col:col + 1]) == " " + SYMBOLS["idx_to_symbol"][child]
+        slot_start = max(c for c in range(col) if decode(ids[c:c + 1]) == ":")
+        assert decode(ids[slot_start - 1:slot_start]).strip() == SYMBOLS["idx_to_symbol"][source]
+    hops = {0: 0, 2: 1, 3: 1, 4: 2, 5: 2}  # Tom's: wumpus and yumpus in one hop, zumpus and dumpus in two
+    assert [search_class(hops, v, 1) for v in range(7)] == ["reached", "unreachable", "frontier", "frontier", "later",
+                                                             "later", "unreachable"]
+    assert is_searchable(SYMBOLS) and not is_searchable(GRAPH)
+
+
+def test_attention_probs_are_the_layers_own(gpt, tiny_gpt2_dir):
+    """attention_probs against transformers' GPT-2 (the definition) on the same input embeddings, thoughts included."""
+    from transformers import GPT2Model
+    hf = GPT2Model.from_pretrained(tiny_gpt2_dir, attn_implementation="eager").eval()
+    curriculum = Curriculum(max_latent_stage=2)
+    embeds = naive_thoughts(gpt, curriculum.prompt(tokenize([SYMBOLS])[0][0], curriculum.final_stage))  # (1, T, C)
+    with torch.no_grad():
+        expected = hf(inputs_embeds=embeds, output_attentions=True).attentions[-1][0]  # (nh, T, T)
+    assert torch.allclose(attention_probs(gpt, embeds), expected, atol=1e-5)
+
+
+def test_search_values(gpt):
+    curriculum = Curriculum(max_latent_stage=2)
+    rows = search_values(gpt, SYMBOLS, curriculum)
+    assert [r["i"] for r in rows] == [1, 2]
+    for r in rows:
+        assert sum(r["attention"].values()) == pytest.approx(1, abs=1e-5)  # the classes and the rest: all of it
+        assert all(0 < p < 1 for p in r["prob"].values() if p is not None)
+    # Thought 1 against the nodes one hop from Tom (wumpus " 0" and yumpus " 6"), computed here from its definition.
+    prompt = curriculum.prompt(tokenize([SYMBOLS])[0][0], curriculum.final_stage)
+    with torch.no_grad():
+        thought = gpt(embeds=gpt.embed(torch.tensor([prompt.ids[:prompt.first_latent]])))[0, -1]
+        inner = [thought @ gpt.embed(torch.tensor(encode(name)))[0] for name in (" 0", " 6")]
+    assert rows[0]["inner"]["frontier"] == pytest.approx(sum(inner).item() / 2, rel=1e-4)
+    assert rows[0]["inner"]["path"] == pytest.approx(inner[0].item(), rel=1e-4)  # wumpus: the answer's path
+    assert rows[0]["inner"]["later"] is not None and rows[1]["inner"]["later"] is None  # nothing beyond 2 hops
 
 
 def naive_value(gpt, prompt, name):
@@ -263,7 +323,31 @@ def test_prosqa_analysis_end_to_end(tmp_path, tiny_gpt2_dir, fixtures, prosqa, c
     if importlib.util.find_spec("matplotlib") is None:  # optional: requirements.txt does not ask for it
         assert "pip install matplotlib" in stdout
     else:
-        for name in ("prosqa_classes.png", "prosqa_values.png"):
+        assert (plots / "prosqa.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reachability_end_to_end(tmp_path, capsys):
+    """The preset trained for a few steps on a handful of records, then every analysis of it: the output classes for
+    coconut and cot, and for coconut the search in its thoughts, with the three pictures."""
+    out = tmp_path / "run"
+    tiny = ["--dataset", "reachability", "--train_examples", "32", "--val_examples", "4", "--n_embd", "32",
+            "--cot_epochs", "1", "--start_epoch", "1", "--epochs", "4", "--max_latent_stage", "2", "--device", "cpu"]
+    train.main([*tiny, "--out_dir", str(out)])
+    train.main([*tiny, "--out_dir", str(tmp_path / "cot"), "--method", "cot", "--epochs", "1", "--start_epoch", "0"])
+    plots, results = tmp_path / "plots", {}
+    for name, ckpt in (("coconut", out / "coconut" / "best"), ("cot", tmp_path / "cot" / "best")):
+        main(["--ckpt", str(ckpt), "--max_examples", "6", "--prosqa_analysis", "--out", str(tmp_path / f"{name}.json"),
+              "--plot_dir", str(plots)])
+        results[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        assert all(sum(r["counts"].values()) == r["n"] == 6 for r in results[name]["prosqa_analysis"])
+    assert [r["k"] for r in results["coconut"]["prosqa_analysis"]] == [0, 1, 2]
+    assert [r["i"] for r in results["coconut"]["search"]] == [1, 2]
+    assert all(sum(r["attention"].values()) == pytest.approx(1, abs=1e-5) for r in results["coconut"]["search"])
+    assert [r["k"] for r in results["cot"]["prosqa_analysis"]] == [0] and "search" not in results["cot"]
+    stdout = capsys.readouterr().out
+    assert "attention on edges from" in stdout
+    if importlib.util.find_spec("matplotlib") is not None:
+        for name in ("prosqa.png", "thoughts.png", "attention.png"):
             assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
