@@ -132,13 +132,13 @@ def tokenize(records, block_size=1024, max_latents=0, method="coconut"):
     return out, kept
 
 
-def vocabulary(splits):
-    """The token ids of every record of every split, and the four special ones: the rows that a model from scratch
-    needs (GPTConfig.tokens)."""
-    ids = {EOS, BOT, EOT, LATENT}
+def vocabulary(splits, method="coconut"):
+    """The token ids of every record of every split as the method writes them, and the four special ones: the rows
+    that a model from scratch needs (GPTConfig.tokens)."""
+    ids = {EOS, BOT, EOT, LATENT} | ({NEWLINE} if METHODS[method].step_targets else set())
     for records in splits:
-        for t in tokenize(records)[0]:
-            ids.update(t.question, *t.steps, t.answer)
+        for t in tokenize(records, method=method)[0]:
+            ids.update(t.question, *t.steps, t.answer, t.teacher_steps or [], *(t.step_ids or []))
     return sorted(ids)
 
 
@@ -266,12 +266,12 @@ class Curriculum:
         context = self._context(rec, n)
         ids = context + [t for step in steps for t in step] + rec.answer
         example = Example(ids, len(context), len(rec.question) + 1, n)
-        if rec.teacher_steps is not None:
+        if self.spec.teacher:
             example.teacher = rec.question + rec.teacher_steps + rec.answer
             example.teacher_label_start = len(rec.question)
             example.distill = (len(ids) - len(rec.answer) + rec.distill_at,
                                len(rec.question) + len(rec.teacher_steps) + rec.distill_at)
-        if rec.step_ids is not None:
+        if self.spec.step_targets:
             example.step_targets = self.step_targets(rec, n // self.c_thought)
         return example
 

@@ -26,20 +26,52 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from codi import CODI
 from coconut import Coconut, load_gpt, naive_thoughts
+from pccot import PCCoT
+from simcot import SimCoT
 from common import gather, load_state, one_line_errors, parse_bool, print0, progress_bar, setup
-from data import METHODS, SPLITS, Example, collate, decode, encode, load_dataset, tokenize
-from recipes import DEFAULT_DATASET, DEFAULTS, PRESETS, curriculum as curriculum_of
+from data import FORMATS, METHODS, SPLITS, Example, collate, decode, encode, load_dataset, tokenize
+from recipes import DEFAULT_DATASET, DEFAULTS, PRESETS, curriculum as curriculum_of, recipe
 from synthetic import bfs
 
 
-def extract_answer(text):
-    """What follows the last '#', without commas: "<<3*4=12>>\\n### 1,200" -> "1200" (the authors' rule)."""
-    return text.split("#")[-1].replace(",", "").strip()
+def extract_answer(text, fmt="coconut"):
+    """What follows the last '#', without commas: "<<3*4=12>>\\n### 1,200" -> "1200" (the authors' rule); in the
+    format of CODI and PCCoT, what follows the last "The answer is:" (all of it if absent: PCCoT's prompt gives it)."""
+    marker = FORMATS[fmt].distill or "#"
+    return text.split(marker)[-1].replace(",", "").strip()
 
 
-def is_correct(output, answer):
-    return extract_answer(output) == answer.replace(",", "").strip()
+def is_correct(output, answer, fmt="coconut"):
+    return extract_answer(output, fmt) == answer.replace(",", "").strip()
+
+
+def build_model(cfg, gpt, path=None, training=False):
+    """The model of a run's method around its GPT (on its device); path: a checkpoint holding what the method adds
+    to the GPT (CODI's projection, SIM-CoT's step decoder). SIM-CoT's decoder serves in training only: evaluated,
+    SIM-CoT is Coconut."""
+    method = cfg["method"]
+    if method == "codi":
+        model = CODI(gpt)
+    elif method == "pccot":
+        model = PCCoT(gpt, cfg["pccot_iterations"])
+    elif method == "simcot" and training:
+        model = SimCoT(gpt, step_decoder(cfg, gpt))
+    else:
+        model = Coconut(gpt, feedback=METHODS[method].feedback)
+    model.to(gpt.transformer.wte.weight.device)
+    if path is not None:
+        model.load_extras(path)
+    return model
+
+
+def step_decoder(cfg, gpt):
+    """SIM-CoT's step decoder as a run starts: a GPT-2 (step_decoder_init), or else a copy of the model as it starts."""
+    import copy
+    if cfg.get("step_decoder_init"):
+        return load_gpt(cfg["step_decoder_init"], cfg["new_token_init"], cfg["dropout"])
+    return copy.deepcopy(gpt)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -58,7 +90,7 @@ def evaluate(model, records, curriculum, stage, max_new_tokens, batch_size=32, n
     """
     model.eval()
     max_latents = curriculum.max_latent_stage * curriculum.c_thought if num_latents is None else num_latents
-    tokenized, kept = tokenize(records, max_latents=max_latents)
+    tokenized, kept = tokenize(records, max_latents=max_latents, method=curriculum.method)
     check_vocabulary(model.gpt, [t.question + [x for step in t.steps for x in step] + t.answer for t in tokenized],
                      [f"record {i}" for i in kept])
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -74,12 +106,13 @@ def evaluate(model, records, curriculum, stage, max_new_tokens, batch_size=32, n
         seconds += time.perf_counter() - t0
         for i, a in zip(chunk, answers):
             record = records[kept[i]]
-            results.append(dict(idx=kept[i], answer=record["answer"], prediction=extract_answer(a["output"]),
-                                correct=is_correct(a["output"], record["answer"]), **a))
+            fmt = curriculum.spec.format
+            results.append(dict(idx=kept[i], answer=record["answer"], prediction=extract_answer(a["output"], fmt),
+                                correct=is_correct(a["output"], record["answer"], fmt), **a))
         if with_loss:
             train_batch = collate([curriculum.example(tokenized[i], stage) for i in chunk]).to(device)
             with autocast:
-                losses = model(train_batch)  # (N,) one per supervised token
+                losses = model(train_batch)[:len(train_batch.targets)]  # (N,) one per supervised token (no other term)
             loss_sum, n_loss_tokens = loss_sum + losses.sum().item(), n_loss_tokens + losses.numel()
     results = sorted(gather(results), key=lambda r: r["idx"])
     loss_sum, n_loss_tokens, seconds = (sum(x) for x in zip(*gather([(loss_sum, n_loss_tokens, seconds)])))
@@ -110,11 +143,11 @@ def answer(model, prompts, max_new_tokens, step=None, device="cpu", autocast=con
 def ask(model, question, curriculum, stage, max_new_tokens, num_latents=None, probe_topk=5, device="cpu",
         autocast=contextlib.nullcontext()):
     """A question of one's own: the model's answer, and what each of its thoughts decodes to."""
-    [tokenized], _ = tokenize([dict(question=question, steps=[], answer="")])
+    [tokenized], _ = tokenize([dict(question=question, steps=[], answer="")], method=curriculum.method)
     check_vocabulary(model.gpt, [tokenized.question], ["the question"])
     [a] = answer(model.eval(), [curriculum.prompt(tokenized, stage, num_latents)], max_new_tokens, None, device,
                  autocast, probe_topk)
-    return dict(question=question, prediction=extract_answer(a["output"]), **a)
+    return dict(question=question, prediction=extract_answer(a["output"], curriculum.spec.format), **a)
 
 
 def check_vocabulary(gpt, sequences, names):
@@ -517,7 +550,8 @@ def resolve_config(args, run, state):
         raise ValueError(f"unknown dataset {dataset!r}: choose from {', '.join(PRESETS)}")
     given = {k: v for k, v in vars(args).items() if v is not None}
     # A run's own data folders are not inherited: they belong to its dataset, which --dataset may change.
-    cfg = {**DEFAULTS, **PRESETS[dataset], **run, "data_dir": None, "cache_dir": None, **given, "dataset": dataset}
+    method = args.method or run.get("method", DEFAULTS["method"])
+    cfg = {**recipe(dataset, method), **run, "data_dir": None, "cache_dir": None, **given, "dataset": dataset}
     cfg["model"] = args.ckpt or args.init_from
     if args.stage is None:  # the checkpoint's stage; else the final stage, or cot's only one
         cfg["stage"] = state.get("stage", 0 if cfg["method"] == "cot" else cfg["max_latent_stage"] + 1)
@@ -593,7 +627,7 @@ def main(argv=None):
         curriculum = curriculum_of(cfg)
         device, autocast, rank, world = setup(cfg["device"], cfg["dtype"])
         gpt = load_gpt(args.ckpt or args.init_from, args.new_token_init, dropout=0.0)  # a broken one fails before a download
-        model = Coconut(gpt.to(device), feedback=curriculum.feedback)
+        model = build_model(cfg, gpt.to(device), args.ckpt)
         step = model.compiled_step() if args.compile else None
         settings = {**{k: cfg.get(k) for k in SETTINGS}, "device": str(device)}
         run_args = dict(step=step, device=device, autocast=autocast)

@@ -37,12 +37,12 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from coconut import Coconut, load_gpt
+from coconut import load_gpt
 from common import (Preemption, gather, load_optimizer, load_state, on_every_rank, one_line_errors, parse_bool, prefetch,
                     print0, progress_bar, save_checkpoint, setup)
 from data import METHODS, collate, load_dataset, tokenize, vocabulary
-from eval import evaluate
-from recipes import DEFAULT_DATASET, DEFAULTS, PRESETS, curriculum as curriculum_of
+from eval import build_model, evaluate
+from recipes import DEFAULT_DATASET, DEFAULTS, PRESETS, curriculum as curriculum_of, recipe
 
 
 def parse_args(argv=None):
@@ -52,7 +52,8 @@ def parse_args(argv=None):
     a("--dataset", default=DEFAULT_DATASET, choices=PRESETS, help=f"dataset, and with it its recipe (default: {DEFAULT_DATASET}, offline)")
     a("--data_dir", help="read the dataset's files from this folder instead of downloading them")
     a("--cache_dir", help="where downloaded datasets are kept (default $COCONUT_DATA_DIR or ~/.cache/coconut)")
-    a("--method", choices=METHODS, help="coconut, or a baseline or ablation of the paper's Table 1")
+    a("--method", choices=METHODS, help="coconut, a baseline or ablation of the paper's Table 1, or a method that followed: "
+                                         "codi, pccot, simcot (README)")
     a("--init_from", help="GPT-2 name (gpt2, gpt2-medium, ...), Hugging Face GPT-2 folder, checkpoint of ours, or 'scratch'")
     a("--n_layer", type=int, help="layers of a model from scratch")
     a("--n_head", type=int, help="attention heads of a model from scratch")
@@ -68,8 +69,15 @@ def parse_args(argv=None):
     a("--pad_latent_to_max", type=parse_bool, help="beyond max_latent_stage, always max_latent_stage*c thoughts")
     a("--uniform_prob", type=float, help="probability that a record trains at a random stage (stage mixing)")
     a("--icot_tokens_per_stage", type=int, help="icot: leading CoT tokens removed per stage")
-    a("--lr", type=float, help="AdamW learning rate, constant")
-    a("--weight_decay", type=float, help="AdamW weight decay, on every parameter")
+    a("--lr", type=float, help="AdamW learning rate (the peak, with --lr_schedule cosine)")
+    a("--lr_schedule", choices=("constant", "cosine"), help="constant (Coconut), or cosine to 0 after a linear warm-up (CODI, PCCoT)")
+    a("--warmup", type=float, help="with cosine: the warm-up's share of the run's steps, from lr 0")
+    a("--grad_clip", type=float, help="clip the gradient's norm to this before each step (0: never)")
+    a("--weight_decay", type=float, help="AdamW weight decay")
+    a("--decay_norms_and_biases", type=parse_bool, help="weight decay on biases and norm gains too (Coconut's code: true; "
+                                                       "the Hugging Face Trainer of CODI and PCCoT: false)")
+    a("--pccot_iterations", type=int, help="PCCoT: Jacobi iterations over the latents (at least 1)")
+    a("--step_decoder_init", help="SIM-CoT: the step decoder's GPT-2 (default: a copy of the model as the run starts)")
     a("--beta1", type=float, help="AdamW beta1")
     a("--beta2", type=float, help="AdamW beta2")
     a("--batch_size", type=int, help="sequences per optimizer step, over all processes")
@@ -97,7 +105,7 @@ def parse_args(argv=None):
 def resolve_config(args, world=1):
     """DEFAULTS, then the dataset's preset, then the flags given: the run's whole config, as a dict."""
     given = {k: v for k, v in vars(args).items() if v is not None}
-    cfg = {**DEFAULTS, **PRESETS[args.dataset], **given}
+    cfg = {**recipe(args.dataset, given.get("method", DEFAULTS["method"])), **given}
     cfg.setdefault("out_dir", f"out/{cfg['dataset']}-{cfg['method']}")
     if cfg["method"] in ("cot", "no_cot"):
         cfg["cot_epochs"] = 0  # already CoT, or no use for it
@@ -105,6 +113,10 @@ def resolve_config(args, world=1):
                 "max_new_tokens"):
         if cfg[key] < 1:
             raise ValueError(f"--{key} must be at least 1, got {cfg[key]}")
+    if cfg["pccot_iterations"] < 1:
+        raise ValueError(f"--pccot_iterations must be at least 1, got {cfg['pccot_iterations']}")
+    if not 0 <= cfg["warmup"] < 1 or cfg["grad_clip"] < 0:
+        raise ValueError(f"--warmup must be within [0, 1) and --grad_clip at least 0, got {cfg['warmup']} and {cfg['grad_clip']}")
     if not 0 <= cfg["uniform_prob"] <= 1:
         raise ValueError(f"--uniform_prob must be within [0, 1], got {cfg['uniform_prob']}")
     if cfg["batch_size"] % world:
@@ -119,20 +131,23 @@ def resolve_config(args, world=1):
 # The sequences of a step, and each one's weight in the loss
 
 def step_sequences(train, order, curriculum, stage, cfg, epoch, step):
-    """The step's examples and, for each, the weight of each of its supervised tokens in the step's loss.
+    """The step's examples and, for each, the weight of each of its supervised tokens in the step's loss (a tuple:
+    one weight for the items of each term of the loss, data.Example.terms).
 
     Group g holds sequences [g * loss_group, (g + 1) * loss_group) of the step; with G groups and n_g supervised
     tokens in group g, a token of group g weighs 1 / (G * n_g), so that the weighted sum of token losses is the
-    mean over groups of each group's token mean, however the step is later split into micro-batches.
+    mean over groups of each group's token mean, however the step is later split into micro-batches. A method with
+    more terms (CODI's teacher tokens and distillation, SIM-CoT's steps) weighs each term's items so too: its loss
+    is the sum over terms of the mean over groups of each group's mean item.
     """
     ids = order[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
     # Each sequence's own seed: its stage draw does not depend on which process builds it.
     examples = [curriculum.example(train[i], stage, random.Random(f"{cfg['seed']}-{epoch}-{step}-{j}"))
                 for j, i in enumerate(ids)]
-    n_supervised = [len(e.ids) - e.label_start for e in examples]
     size = cfg["loss_group"]
-    groups = [sum(n_supervised[g:g + size]) for g in range(0, len(examples), size)]
-    weights = [1 / (len(groups) * groups[j // size]) for j in range(len(examples))]
+    groups = [[sum(counts) for counts in zip(*(e.terms for e in examples[g:g + size]))]
+              for g in range(0, len(examples), size)]  # items of each term in each group
+    weights = [tuple(1 / (len(groups) * n) if n else 0.0 for n in groups[j // size]) for j in range(len(examples))]
     return examples, weights
 
 
@@ -151,9 +166,26 @@ def micro_batches(n, rank, world, micro_batch_size):
 # -----------------------------------------------------------------------------------------------------------
 # Training
 
-def make_optimizer(params, cfg, device):
-    return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], betas=(cfg["beta1"], cfg["beta2"]),
+def make_optimizer(model, cfg, device):
+    """AdamW over the model's trainable parameters: weight decay on all of them, or (decay_norms_and_biases false,
+    as the Hugging Face Trainer of CODI and PCCoT does) not on biases and norm gains, the one-dimensional ones."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = ([dict(params=params)] if cfg["decay_norms_and_biases"] else
+              [dict(params=[p for p in params if p.dim() > 1]),
+               dict(params=[p for p in params if p.dim() <= 1], weight_decay=0.0)])
+    return torch.optim.AdamW(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"], betas=(cfg["beta1"], cfg["beta2"]),
                              fused=device.type == "cuda")
+
+
+def learning_rate(cfg, step, total):
+    """The learning rate of a run's step (0-based, of `total`): constant, or the Hugging Face Trainer's cosine with
+    warm-up (get_cosine_schedule_with_warmup): from 0 up to lr over ceil(warmup * total) steps, then down to 0."""
+    if cfg["lr_schedule"] == "constant":
+        return cfg["lr"]
+    warm = math.ceil(cfg["warmup"] * total)
+    if step < warm:
+        return cfg["lr"] * step / warm
+    return cfg["lr"] * max(0.0, 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))))
 
 
 def resets_optimizer(cfg, curriculum, epoch):
@@ -165,7 +197,7 @@ def resets_optimizer(cfg, curriculum, epoch):
 
 
 def start_or_resume(cfg, data, device):
-    """The GPT, optimizer and position (epoch, step, stage, best accuracy) of a phase: from the latest
+    """The model, optimizer and position (epoch, step, stage, best accuracy) of a phase: from the latest
     checkpoint in out_dir if it has one, else new."""
     latest = Path(cfg["out_dir"]) / "latest"
     if latest.exists():
@@ -178,23 +210,26 @@ def start_or_resume(cfg, data, device):
         scratch = {k: cfg[k] for k in ("n_layer", "n_head", "n_embd")} if cfg["init_from"] == "scratch" else {}
         gpt = load_gpt(cfg["init_from"], cfg["new_token_init"], cfg["dropout"],
                        tokens=data["vocabulary"] if scratch else None, **scratch)
-    gpt.to(device)
-    optimizer = make_optimizer(gpt.parameters(), cfg, device)
+    model = build_model(cfg, gpt.to(device), latest if latest.exists() else None, training=True)
+    optimizer = make_optimizer(model, cfg, device)
     if latest.exists():
         load_optimizer(latest, optimizer, device)
-    return gpt, optimizer, state
+    return model, optimizer, state
 
 
 def prepare(examples, weights, ranges, seeds):
     """This process's micro-batches, ready to run: (Batch, weight of each supervised token (N,), dropout seed)."""
     if not ranges:  # fewer sequences than processes, at an epoch's end: a weightless one keeps this one in step
         examples, weights, ranges, seeds = examples[:1], [0.0], [(0, 1)], [0]
+        weights = [(w,) * len(examples[0].terms) for w in weights]
+    # The model's losses come term by term, each in row order (data.Example.terms); so do their weights.
     return [(collate(examples[start:end]),
-             torch.tensor([w for e, w in zip(examples[start:end], weights[start:end]) for _ in e.ids[e.label_start:]]),
+             torch.tensor([w[k] for k in range(len(examples[0].terms))
+                           for e, w in zip(examples[start:end], weights[start:end]) for _ in range(e.terms[k])]),
              seed) for (start, end), seed in zip(ranges, seeds)]
 
 
-def train_step(forward, no_sync, optimizer, micro_batches, run):
+def train_step(forward, no_sync, optimizer, micro_batches, run, lr=None, grad_clip=0.0):
     """One optimizer step over this process's micro-batches; the weighted loss of its share, and its tokens.
     forward: the model, as DistributedDataParallel runs it and perhaps compiled; no_sync: its context that
     keeps gradients local.
@@ -213,17 +248,24 @@ def train_step(forward, no_sync, optimizer, micro_batches, run):
             loss = (forward(batch) * token_weights).sum()
             (loss * run.world).backward()
         loss_sum = loss_sum + loss.detach()
+    if grad_clip:  # on the gradients that DistributedDataParallel has reduced: the same on every process
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, n_tokens
 
 
-def data_parallel(forward):
+def data_parallel(forward, find_unused_parameters=False):
     """forward in DistributedDataParallel. One forward call runs a whole micro-batch, thoughts and all: weights
     reused by the latent passes are reduced once. Buffers (a vocabulary of its own) never change, so they are not
-    broadcast at every step (a flag that recent torch calls forward_sync_buffers, and warns of by its old name)."""
+    broadcast at every step (a flag that recent torch calls forward_sync_buffers, and warns of by its old name).
+    find_unused_parameters: for a model some of whose parameters a step may not use (SIM-CoT's step decoder)."""
     renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-    return DistributedDataParallel(forward, **{"forward_sync_buffers" if renamed else "broadcast_buffers": False})
+    return DistributedDataParallel(forward, find_unused_parameters=find_unused_parameters,
+                                   **{"forward_sync_buffers" if renamed else "broadcast_buffers": False})
 
 
 def end_of_epoch(cfg, model, optimizer, valid, decode_step, state, stats, run, trackers):
@@ -251,37 +293,37 @@ def end_of_epoch(cfg, model, optimizer, valid, decode_step, state, stats, run, t
                 f.write(json.dumps(metrics) + "\n")
             plot_metrics(out_dir)
             trackers.log(metrics, cfg["method"])
-            save_checkpoint(out_dir, "latest", gpt, optimizer, cfg, state)
+            save_checkpoint(out_dir, "latest", model, optimizer, cfg, state)
             if improved:
-                save_checkpoint(out_dir, "best", gpt, optimizer, cfg, state)
+                save_checkpoint(out_dir, "best", model, optimizer, cfg, state)
     print0(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
 
 
 def train_phase(cfg, data, run, preemption, trackers):
     """Train one method through its curriculum; returns the directory of its best checkpoint (None: stopped)."""
     out_dir, curriculum = Path(cfg["out_dir"]), curriculum_of(cfg)
-    gpt, optimizer, state = start_or_resume(cfg, data, run.device)
+    model, optimizer, state = start_or_resume(cfg, data, run.device)
     if state["epoch"] >= cfg["epochs"]:
         print0(f"{out_dir}: finished already")
         return out_dir / "best"
-    model = Coconut(gpt, feedback=curriculum.feedback)
     forward = model.compiled() if cfg["compile"] else model
     if run.world > 1:
-        forward = data_parallel(forward)
+        forward = data_parallel(forward, find_unused_parameters=model.unused_parameters)
     no_sync = forward.no_sync if run.world > 1 else nullcontext
     decode_step = model.compiled_step() if cfg["compile"] else None
     if run.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
     train, B = data["train"], cfg["batch_size"]
     steps_per_epoch, steps_run = math.ceil(len(train) / B), 0
+    total_steps = steps_per_epoch * (cfg["epochs"] - cfg["start_epoch"])  # of the phase: the cosine schedule's length
     print0(f"{cfg['method']} on {cfg['dataset']}: {len(train)} training sequences, {steps_per_epoch} steps per epoch "
            f"of {B} sequences ({B // run.world} per process, in micro-batches of at most {cfg['micro_batch_size']}), "
            f"epochs {state['epoch']}..{cfg['epochs'] - 1}{f' from step {s}' if (s := state['step']) else ''}, "
-           f"{sum(p.numel() for p in gpt.parameters()) / 1e6:.1f}M parameters")
+           f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.1f}M parameters trained")
     for epoch in range(state["epoch"], cfg["epochs"]):
         state["stage"] = stage = curriculum.stage(epoch)
         if state["step"] == 0 and resets_optimizer(cfg, curriculum, epoch):
-            optimizer = make_optimizer(gpt.parameters(), cfg, run.device)
+            optimizer = make_optimizer(model, cfg, run.device)
         order = random.Random(f"{cfg['seed']}-{epoch}").sample(range(len(train)), len(train))
         t0, loss_sum, n_steps, n_tokens, n_sequences = time.time(), torch.zeros((), device=run.device), 0, 0, 0
 
@@ -294,7 +336,8 @@ def train_phase(cfg, data, run, preemption, trackers):
         model.train()
         steps = range(state["step"], steps_per_epoch)
         for step, mine in zip(progress_bar(steps, f"epoch {epoch} stage {stage}"), prefetch(map(share, steps))):
-            loss, tokens = train_step(forward, no_sync, optimizer, mine, run)
+            lr = learning_rate(cfg, (epoch - cfg["start_epoch"]) * steps_per_epoch + step, total_steps)
+            loss, tokens = train_step(forward, no_sync, optimizer, mine, run, lr, cfg["grad_clip"])
             loss_sum, n_steps, n_tokens = loss_sum + loss, n_steps + 1, n_tokens + tokens
             n_sequences += sum(len(batch.ids) for batch, _, _ in mine)
             steps_run += 1
@@ -304,7 +347,7 @@ def train_phase(cfg, data, run, preemption, trackers):
             if cfg["ckpt_every"] and steps_run % cfg["ckpt_every"] == 0 or steps_run == cfg["max_steps"] or caught:
                 with on_every_rank():
                     if run.rank == 0:
-                        save_checkpoint(out_dir, "latest", gpt, optimizer, cfg, state)
+                        save_checkpoint(out_dir, "latest", model, optimizer, cfg, state)
                 if caught:
                     stop(caught, state)
                 if steps_run == cfg["max_steps"]:
@@ -412,9 +455,10 @@ def main(argv=None):
                 split_sizes = {"train": cfg["train_examples"], "valid": cfg["val_examples"], "test": None}
                 records = {split: load_dataset(cfg["dataset"], split, cfg.get("data_dir"), cfg.get("cache_dir"))[:n]
                            for split, n in split_sizes.items()}
-                tokenized, kept = tokenize(records["train"], max_latents=cfg["max_latent_stage"] * cfg["c_thought"])
+                tokenized, kept = tokenize(records["train"], max_latents=cfg["max_latent_stage"] * cfg["c_thought"],
+                                           method=cfg["method"])
                 data = dict(train=tokenized, valid=records["valid"],
-                            vocabulary=vocabulary(records.values()) if cfg["init_from"] == "scratch" else None)
+                            vocabulary=vocabulary(records.values(), cfg["method"]) if cfg["init_from"] == "scratch" else None)
             if len(kept) < len(records["train"]):
                 print0(f"skipped {len(records['train']) - len(kept)} training records longer than the context")
             if cfg["cot_epochs"]:
@@ -437,7 +481,7 @@ def test(cfg, best, records, run):
         best = best.parent / "latest"
     saved, state = load_state(best)
     curriculum = curriculum_of(saved)
-    model = Coconut(load_gpt(best).to(run.device), feedback=curriculum.feedback)
+    model = build_model(saved, load_gpt(best).to(run.device), best)
     results = evaluate(model, records, curriculum, state["stage"], cfg["max_new_tokens"], cfg["eval_batch_size"],
                        device=run.device, autocast=run.autocast, progress=True)
     with on_every_rank():

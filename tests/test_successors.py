@@ -159,3 +159,91 @@ def test_simcot_loss_equals_its_definition(gpt, records):
                         for g, target in enumerate(e.step_targets)]
     naive = torch.cat(naive_tokens).mean() + torch.stack(naive_steps).mean()
     check_gradients(model, fast_total(losses, examples), naive)
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Through train.py and eval.py: training, generation, evaluation, checkpoints, resume, presets
+
+TINY = ["--dataset", "prosqa", "--init_from", "scratch", "--n_layer", "2", "--n_head", "2", "--n_embd", "32",
+        "--max_latent_stage", "2", "--epochs_per_stage", "1", "--lr", "3e-3", "--max_new_tokens", "8",
+        "--device", "cpu", "--dtype", "float32", "--batch_size", "4", "--micro_batch_size", "2", "--val_examples", "2"]
+
+
+def run(script, *args):
+    import subprocess
+    import sys
+    from pathlib import Path
+    return subprocess.run([sys.executable, script, *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("method", ["codi", "pccot", "simcot"])
+def test_each_method_trains_generates_and_evaluates(tmp_path, data_dir, method):
+    import json
+    out = tmp_path / method
+    epochs = "4" if method == "simcot" else "2"  # SIM-CoT reaches its final stage (3) at epoch 3
+    trained = run("train.py", *TINY, "--data_dir", str(data_dir), "--epochs", epochs, "--method", method, "--out_dir", str(out))
+    assert trained.returncode == 0, trained.stderr
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    if method != "simcot":  # (whose stages each add a loss: a decoded step's summed cross-entropy)
+        assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    test = json.loads((out / "test.json").read_text())
+    for e in test["examples"]:  # 2 thoughts (max_latent_stage 2) at the final stage, then the answer
+        assert e["n_tokens"] == 2 + len([t for t in e["generated_ids"] if t != data.EOS])
+    # eval.py reads the checkpoint back, what the method adds included (CODI's projection): the same outputs
+    evaluated = run("eval.py", "--ckpt", str(out / "best"), "--data_dir", str(data_dir), "--device", "cpu",
+                    "--out", str(tmp_path / "eval.json"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    again = json.loads((tmp_path / "eval.json").read_text())
+    assert [e["generated_ids"] for e in again["examples"]] == [e["generated_ids"] for e in test["examples"]]
+
+
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path, data_dir):
+    """SIM-CoT (its step decoder in the checkpoint) with a cosine schedule, warm-up and clipping: stopped after a
+    step mid-epoch and resumed, it ends with bit-identical weights."""
+    from safetensors.torch import load_file
+    args = [*TINY, "--data_dir", str(data_dir), "--epochs", "3", "--method", "simcot", "--lr_schedule", "cosine",
+            "--warmup", "0.2", "--grad_clip", "0.5", "--uniform_prob", "0.5"]
+    full = run("train.py", *args, "--out_dir", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    stopped = run("train.py", *args, "--out_dir", str(tmp_path / "resumed"), "--max_steps", "4")
+    assert stopped.returncode == 0, stopped.stderr
+    resumed = run("train.py", *args, "--out_dir", str(tmp_path / "resumed"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    for file in ("model.safetensors", "step_decoder/model.safetensors"):
+        a, b = (load_file(tmp_path / d / "latest" / file) for d in ("full", "resumed"))
+        assert all(torch.equal(a[k], b[k]) for k in a), file
+
+
+def test_learning_rate_schedule():
+    """Hugging Face's get_cosine_schedule_with_warmup, written out: 0 at the first step, the peak after the warm-up."""
+    import train
+    cfg = dict(lr=1.0, lr_schedule="cosine", warmup=0.03)
+    lrs = [train.learning_rate(cfg, s, 100) for s in range(100)]
+    assert lrs[0] == 0 and lrs[1] == pytest.approx(1 / 3) and lrs[3] == 1.0
+    assert lrs[3 + 97 // 2] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 48 / 97)).item()))
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+    assert train.learning_rate(dict(cfg, lr_schedule="constant"), 5, 100) == 1.0
+
+
+@pytest.mark.parametrize("method, latents", [("codi", 6), ("pccot", 24), ("simcot", 10)])
+def test_gsm8k_presets_load_and_train(tmp_path, tiny_gpt2_dir, fixtures, method, latents):
+    """The GSM8k recipes of the papers: their config, and a step of each on a tiny GPT-2 and real records."""
+    import train
+    from recipes import curriculum
+    cfg = train.resolve_config(train.parse_args(["--dataset", "gsm8k", "--method", method]))
+    assert cfg["max_latent_stage"] * cfg["c_thought"] == latents
+    if method != "simcot":
+        assert (cfg["lr"], cfg["lr_schedule"], cfg["warmup"], cfg["epochs"], cfg["cot_epochs"]) == (3e-3, "cosine", 0.03, 40, 0)
+        assert curriculum(cfg).stage(0) == curriculum(cfg).final_stage
+    data_dir = tmp_path / "gsm8k"
+    data_dir.mkdir()
+    lines = (fixtures / "gsm8k" / "test.txt").read_text().splitlines()
+    for split, part in (("train", lines[:4]), ("valid", lines[4:6]), ("test", lines[6:8])):
+        (data_dir / f"{split}.txt").write_text("\n".join(part) + "\n")
+    result = run("train.py", "--dataset", "gsm8k", "--method", method, "--init_from", str(tiny_gpt2_dir),
+                 "--step_decoder_init", str(tiny_gpt2_dir), "--cot_epochs", "0", "--data_dir", str(data_dir),
+                 "--batch_size", "4", "--micro_batch_size", "2", "--loss_group", "2", "--max_steps", "1",
+                 "--device", "cpu", "--out_dir", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "stopped after 1 steps" in result.stdout
