@@ -20,10 +20,13 @@ passes and no position is computed twice. tests/test_coconut.py checks this agai
     out = model.generate(data.collate(prompts, align_ends=True), max_new_tokens=64)
 """
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from data import EOS, VOCAB_SIZE, encode
 from gpt import GPT, GPTConfig, KVCache
@@ -90,11 +93,26 @@ class Coconut(nn.Module):
         return h, torch.cat(thoughts, dim=1), states
 
     def save(self, path):
-        """Write the model into a checkpoint directory: the GPT (and what a method adds, in its own files)."""
+        """Write the model into a checkpoint directory: the GPT, and in extras.safetensors what a method adds to it
+        (CODI's projection, SIM-CoT's step decoder, LoRA's adapters)."""
         self.gpt.save(path)
+        extras = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("gpt.")}
+        if extras:
+            save_file(extras, Path(path) / "extras.safetensors")
 
     def load_extras(self, path):
-        """Read what a method adds to the GPT from a checkpoint directory (nothing for Coconut)."""
+        """Read what a method adds to the GPT from a checkpoint directory (what save wrote, that this model has)."""
+        ours = {k for k in self.state_dict() if not k.startswith("gpt.")}
+        if not ours:
+            return
+        file = Path(path) / "extras.safetensors"
+        try:
+            extras = load_file(file)
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"{file}: not a readable checkpoint file ({e})") from e
+        if not ours <= set(extras):
+            raise ValueError(f"{file}: no {sorted(ours - set(extras))[:3]}: the checkpoint of another method")
+        self.load_state_dict({k: extras[k] for k in ours}, strict=False)
 
     @torch.no_grad()
     def generate(self, batch, max_new_tokens, step=None):

@@ -25,7 +25,6 @@ one term of the loss depend on --micro_batch_size (the CODI preset sets it to it
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from coconut import Coconut, token_losses
 
@@ -67,17 +66,10 @@ class CODI(SelfDistillation):
     def teacher_targets(self, t, states):
         """CODI's targets come from a second teacher pass under no_grad, as the authors' code does: with other
         dropout masks in training; the same as the first one, detached, when nothing is random."""
-        if not self.training or not any(m.p > 0 for m in self.gpt.modules() if isinstance(m, nn.Dropout)):
+        if not self.training or not any(m.p > 0 for m in self.modules() if isinstance(m, nn.Dropout)):
             return super().teacher_targets(t, states)
         with torch.no_grad():
             return self.gpt(t.ids, pos=t.pos, mask=t.mask, layers=True)[1]
-
-    def save(self, path):
-        super().save(path)
-        save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()}, f"{path}/projection.safetensors")
-
-    def load_extras(self, path):
-        self.projection.load_state_dict(load_file(f"{path}/projection.safetensors"))
 
 
 def distillation(student, teacher):

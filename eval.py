@@ -31,7 +31,8 @@ from coconut import Coconut, load_gpt, naive_thoughts
 from pccot import PCCoT
 from simcot import SimCoT
 from common import gather, load_state, one_line_errors, parse_bool, print0, progress_bar, setup
-from data import FORMATS, METHODS, SPLITS, Example, collate, decode, encode, load_dataset, tokenize
+from data import BOT, EOS, EOT, FORMATS, LATENT, METHODS, SPLITS, Example, collate, decode, encode, load_dataset, tokenize
+from lora import add_lora
 from recipes import DEFAULT_DATASET, DEFAULTS, PRESETS, curriculum as curriculum_of, recipe
 from synthetic import bfs
 
@@ -60,6 +61,9 @@ def build_model(cfg, gpt, path=None, training=False):
         model = SimCoT(gpt, step_decoder(cfg, gpt))
     else:
         model = Coconut(gpt, feedback=METHODS[method].feedback)
+    if cfg.get("lora_r"):  # CODI's and PCCoT's recipes: the GPT frozen, low-rank adapters trained (lora.py)
+        rows = (BOT, EOT, LATENT, EOS) if cfg["lora_token_rows"] else ()
+        model.lora = add_lora(gpt, cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"], rows)
     model.to(gpt.transformer.wte.weight.device)
     if path is not None:
         model.load_extras(path)

@@ -22,6 +22,9 @@ DEFAULTS = dict(
     decay_norms_and_biases=True,  # weight decay on every parameter (Coconut's code); False: not on biases and norms
     pccot_iterations=3,      # PCCoT: Jacobi iterations over the latents
     step_decoder_init=None,  # SIM-CoT: the step decoder's GPT-2 (None: a copy of the model as the run starts)
+    lora_r=0,                # LoRA's rank (lora.py); 0: every weight is trained
+    lora_alpha=32, lora_dropout=0.1,
+    lora_token_rows=False,   # with LoRA: the embedding rows of <bot>, <eot>, <latent> and EOS train too (PCCoT)
 )
 PRESETS = {
     "gsm8k": dict(c_thought=2, max_latent_stage=3, epochs_per_stage=3, epochs=25, max_new_tokens=64,
@@ -51,18 +54,17 @@ PRESETS = {
 # (zhenyi4/codi scripts/train_gpt2_gsm8k-aug.sh) and PCCoT (whyNLP/PCCoT run_ccot.sh.template) train with the
 # Hugging Face Trainer: AdamW without decay on biases and norms, a cosine schedule after a 3% warm-up, gradient
 # clipping (PCCoT: the Trainer's default 1.0), 40 epochs, the final stage (all their latents) from the start, and
-# LoRA (r 128, alpha 32), which this project leaves out: these presets fine-tune every weight, at their learning rate
-# (lower it for full fine-tuning: see README). SIM-CoT (InternLM/SIM-CoT Coconut/args/gsm_simcot.yaml) continues
+# LoRA (r 128, alpha 32, dropout 0.1; lora.py). SIM-CoT (InternLM/SIM-CoT Coconut/args/gsm_simcot.yaml) continues
 # Coconut's recipe with 5 stages of 2 thoughts, from epoch 3 to 35, its step decoder a GPT-2.
 METHOD_PRESETS = {
     ("gsm8k", "codi"): dict(c_thought=1, max_latent_stage=6, epochs=40, cot_epochs=0, start_epoch=0, lr=3e-3,
                             lr_schedule="cosine", warmup=0.03, weight_decay=0.1, grad_clip=2.0, decay_norms_and_biases=False,
                             micro_batch_size=64, loss_group=64,  # 64 per GPU x 2 accumulation steps; the std's rows
-                            reset_optimizer="never", max_new_tokens=64),
+                            reset_optimizer="never", max_new_tokens=64, lora_r=128),
     ("gsm8k", "pccot"): dict(c_thought=1, max_latent_stage=24, pccot_iterations=3, epochs=40, cot_epochs=0, start_epoch=0,
                              lr=3e-3, lr_schedule="cosine", warmup=0.03, weight_decay=0.01, grad_clip=1.0,
                              decay_norms_and_biases=False, micro_batch_size=128, loss_group=128, reset_optimizer="never",
-                             max_new_tokens=64),
+                             max_new_tokens=64, lora_r=128, lora_token_rows=True),
     ("gsm8k", "simcot"): dict(c_thought=2, max_latent_stage=5, epochs_per_stage=3, epochs=35, start_epoch=3,
                               step_decoder_init="gpt2"),
 }

@@ -15,13 +15,10 @@ so the whole chain. Generation is Coconut's: the decoder is not used at inferenc
     model = SimCoT(load_gpt("gpt2"), load_gpt("gpt2"))
     losses = model(data.collate(examples))   # (N + M,): Coconut's token losses, then each decoded step's
 """
-import os
-
 import torch
 import torch.nn.functional as F
 
 from coconut import Coconut, token_losses
-from gpt import GPT
 
 
 class SimCoT(Coconut):
@@ -50,15 +47,6 @@ class SimCoT(Coconut):
         logits = self.decoder.logits(h.flatten(0, 1)[steps.target_idx])  # (K, vocab)
         ce = F.cross_entropy(logits.float(), self.decoder.rows(steps.targets), reduction="none")
         return torch.zeros(M, device=ce.device, dtype=ce.dtype).index_add(0, steps.items, ce)
-
-    def save(self, path):
-        super().save(path)
-        os.makedirs(f"{path}/step_decoder", exist_ok=True)
-        self.decoder.save(f"{path}/step_decoder")
-
-    def load_extras(self, path):
-        decoder = GPT.load(f"{path}/step_decoder", dropout=self.decoder.config.dropout)
-        self.decoder.load_state_dict(decoder.state_dict())
 
 
 def naive_step_loss(decoder, gpt, thoughts, target):

@@ -78,6 +78,11 @@ def parse_args(argv=None):
                                                        "the Hugging Face Trainer of CODI and PCCoT: false)")
     a("--pccot_iterations", type=int, help="PCCoT: Jacobi iterations over the latents (at least 1)")
     a("--step_decoder_init", help="SIM-CoT: the step decoder's GPT-2 (default: a copy of the model as the run starts)")
+    a("--lora_r", type=int, help="train LoRA adapters of this rank on a frozen GPT (lora.py; CODI's and PCCoT's recipes: "
+                                 "128); 0: train every weight")
+    a("--lora_alpha", type=float, help="LoRA's alpha: the update is scaled by alpha / r")
+    a("--lora_dropout", type=float, help="dropout on LoRA's input")
+    a("--lora_token_rows", type=parse_bool, help="with LoRA, the embedding rows of <bot>, <eot>, <latent> and EOS train too")
     a("--beta1", type=float, help="AdamW beta1")
     a("--beta2", type=float, help="AdamW beta2")
     a("--batch_size", type=int, help="sequences per optimizer step, over all processes")
@@ -170,9 +175,11 @@ def make_optimizer(model, cfg, device):
     """AdamW over the model's trainable parameters: weight decay on all of them, or (decay_norms_and_biases false,
     as the Hugging Face Trainer of CODI and PCCoT does) not on biases and norm gains, the one-dimensional ones."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = ([dict(params=params)] if cfg["decay_norms_and_biases"] else
-              [dict(params=[p for p in params if p.dim() > 1]),
-               dict(params=[p for p in params if p.dim() <= 1], weight_decay=0.0)])
+    # An embedding with LoRA's trainable rows (lora.py) is not decayed: decay would reach its frozen rows too.
+    no_decay = [getattr(p, "rows_only", False) or (p.dim() <= 1 and not cfg["decay_norms_and_biases"]) for p in params]
+    groups = [group for group in (dict(params=[p for p, n in zip(params, no_decay) if not n]),
+                                  dict(params=[p for p, n in zip(params, no_decay) if n], weight_decay=0.0))
+              if group["params"]]
     return torch.optim.AdamW(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"], betas=(cfg["beta1"], cfg["beta2"]),
                              fused=device.type == "cuda")
 

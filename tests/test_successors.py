@@ -182,7 +182,9 @@ def test_each_method_trains_generates_and_evaluates(tmp_path, data_dir, method):
     import json
     out = tmp_path / method
     epochs = "4" if method == "simcot" else "2"  # SIM-CoT reaches its final stage (3) at epoch 3
-    trained = run("train.py", *TINY, "--data_dir", str(data_dir), "--epochs", epochs, "--method", method, "--out_dir", str(out))
+    lora = ["--lora_r", "4", "--lr", "3e-2"] if method == "codi" else []  # LoRA's adapters in the checkpoint too
+    trained = run("train.py", *TINY, "--data_dir", str(data_dir), "--epochs", epochs, "--method", method, *lora,
+                  "--out_dir", str(out))
     assert trained.returncode == 0, trained.stderr
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     if method != "simcot":  # (whose stages each add a loss: a decoded step's summed cross-entropy)
@@ -210,7 +212,7 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path, data_dir):
     assert stopped.returncode == 0, stopped.stderr
     resumed = run("train.py", *args, "--out_dir", str(tmp_path / "resumed"), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    for file in ("model.safetensors", "step_decoder/model.safetensors"):
+    for file in ("model.safetensors", "extras.safetensors"):  # the GPT, and the step decoder
         a, b = (load_file(tmp_path / d / "latest" / file) for d in ("full", "resumed"))
         assert all(torch.equal(a[k], b[k]) for k in a), file
 
@@ -247,3 +249,28 @@ def test_gsm8k_presets_load_and_train(tmp_path, tiny_gpt2_dir, fixtures, method,
                  "--device", "cpu", "--out_dir", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert "stopped after 1 steps" in result.stdout
+
+
+def test_lora_trains_only_its_adapters_and_the_token_rows(gpt, records):
+    """LoRA as peft computes it: W x + b + (alpha / r) B A x, starting as the model itself; the frozen weights get no
+    gradient, the adapters and the rows of the latent tokens do, and no other row of the embedding."""
+    import lora
+    from eval import build_model
+    model = build_model(dict(method="pccot", pccot_iterations=2, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                             lora_token_rows=True), copy.deepcopy(gpt))
+    cur = Curriculum(method="pccot", c_thought=1, max_latent_stage=3)
+    batch = collate([cur.example(t, cur.final_stage) for t in tokenize(records[:3], method="pccot")[0]])
+    with torch.no_grad():
+        assert torch.equal(model(batch), PCCoT(gpt, 2)(batch))  # B = 0: the model itself
+        for adapter in model.lora.values():
+            adapter.B.normal_()
+    linear = model.gpt.transformer.h[0].mlp.c_fc
+    x = torch.randn(3, linear.in_features)
+    adapter = model.lora["h0_mlp_c_fc"]
+    assert torch.allclose(linear(x), x @ linear.weight.t() + linear.bias + 2.0 * x @ adapter.A.t() @ adapter.B.t(), atol=1e-5)
+    model(batch).sum().backward()
+    trained = {name for name, p in model.named_parameters() if p.grad is not None}
+    assert trained == {f"lora.{k}.{ab}" for k in model.lora for ab in "AB"} | {"gpt.transformer.wte.weight"}
+    rows = model.gpt.transformer.wte.weight.grad.abs().sum(-1).nonzero().flatten().tolist()
+    assert set(rows) <= {data.BOT, data.EOT, data.LATENT, data.EOS} and data.LATENT in rows
+    assert len(lora.TARGETS) * model.gpt.config.n_layer == len(model.lora)
