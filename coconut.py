@@ -40,8 +40,6 @@ class Generation:
 
 
 class Coconut(nn.Module):
-    # DistributedDataParallel must look for parameters that a step leaves unused (SIM-CoT's step decoder at stage 0)
-    unused_parameters = False
 
     def __init__(self, gpt, feedback=True):
         super().__init__()

@@ -22,7 +22,6 @@ from coconut import Coconut, token_losses
 
 
 class SimCoT(Coconut):
-    unused_parameters = True  # a step at stage 0 has no thought, and its step decoder no input
 
     def __init__(self, gpt, decoder):
         super().__init__(gpt, feedback=True)
@@ -32,6 +31,10 @@ class SimCoT(Coconut):
         """Per-item losses: Coconut's supervised tokens (N,), then each decoded step's summed cross-entropy (M,)."""
         h, thoughts, _ = self.hidden(batch)
         losses = torch.cat([token_losses(self.gpt, h, batch), self.step_losses(thoughts, batch.steps)])
+        if len(batch.steps.ids) == 0 and self.training:
+            # No step to decode (stage 0): the decoder reads one position, weighted 0, so that DistributedDataParallel
+            # finds every parameter used, as at every other step (each gets a gradient of 0, which changes nothing).
+            losses = losses + 0.0 * self.decoder.logits(self.decoder(embeds=h[:1, :1])).sum()
         return (losses, thoughts) if return_thoughts else losses
 
     def step_losses(self, thoughts, steps):

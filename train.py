@@ -265,14 +265,13 @@ def train_step(forward, no_sync, optimizer, micro_batches, run, lr=None, grad_cl
     return loss_sum, n_tokens
 
 
-def data_parallel(forward, find_unused_parameters=False):
+def data_parallel(forward):
     """forward in DistributedDataParallel. One forward call runs a whole micro-batch, thoughts and all: weights
     reused by the latent passes are reduced once. Buffers (a vocabulary of its own) never change, so they are not
     broadcast at every step (a flag that recent torch calls forward_sync_buffers, and warns of by its old name).
-    find_unused_parameters: for a model some of whose parameters a step may not use (SIM-CoT's step decoder)."""
+    Every trainable parameter takes part in every step (SIM-CoT's step decoder too: simcot.py)."""
     renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-    return DistributedDataParallel(forward, find_unused_parameters=find_unused_parameters,
-                                   **{"forward_sync_buffers" if renamed else "broadcast_buffers": False})
+    return DistributedDataParallel(forward, **{"forward_sync_buffers" if renamed else "broadcast_buffers": False})
 
 
 def end_of_epoch(cfg, model, optimizer, valid, decode_step, state, stats, run, trackers):
@@ -315,7 +314,7 @@ def train_phase(cfg, data, run, preemption, trackers):
         return out_dir / "best"
     forward = model.compiled() if cfg["compile"] else model
     if run.world > 1:
-        forward = data_parallel(forward, find_unused_parameters=model.unused_parameters)
+        forward = data_parallel(forward)
     no_sync = forward.no_sync if run.world > 1 else nullcontext
     decode_step = model.compiled_step() if cfg["compile"] else None
     if run.rank == 0:

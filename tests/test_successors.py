@@ -274,3 +274,27 @@ def test_lora_trains_only_its_adapters_and_the_token_rows(gpt, records):
     rows = model.gpt.transformer.wte.weight.grad.abs().sum(-1).nonzero().flatten().tolist()
     assert set(rows) <= {data.BOT, data.EOT, data.LATENT, data.EOS} and data.LATENT in rows
     assert len(lora.TARGETS) * model.gpt.config.n_layer == len(model.lora)
+
+
+def test_torchrun_two_processes_equal_one(tmp_path, data_dir):
+    """SIM-CoT under torchrun (DistributedDataParallel; at stage 0 its step decoder has no step to decode) and with
+    its checkpoint's extras: two processes end where one does."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    from safetensors.torch import load_file
+    args = [*TINY, "--data_dir", str(data_dir), "--epochs", "2", "--method", "simcot", "--lr", "1e-4"]
+    one = run("train.py", *args, "--out_dir", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                          "train.py", *args, "--out_dir", str(tmp_path / "two")], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert two.returncode == 0 and "Warning" not in two.stderr, two.stderr
+    for file in ("model.safetensors", "extras.safetensors"):
+        a, b = (load_file(tmp_path / d / "latest" / file) for d in ("one", "two"))
+        assert all((a[k] - b[k]).abs().max() <= 1e-6 for k in a), file
