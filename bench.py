@@ -15,6 +15,10 @@ batches are real GSM8k-Aug test records at the final stage of the paper's GSM8k 
                     float32 the two produce the same tokens (in bf16, rounding can flip a near tie)
 
     python bench.py --recipe prosqa --device cuda --compile    # or gsm8k; flags after -- go to train.py
+    python bench.py --pccot 24                        # PCCoT's Jacobi latents against Coconut's chain, 24 thoughts
+
+--pccot N times PCCoT (pccot.py, 3 Jacobi iterations: 1 + 3 + 1 passes) against Coconut (N + 2 passes) at N
+thoughts on the same batch: the training step of the student's loss (forward and backward) and batched generation.
 
 projects the wall time of a paper's recipe (README, "Reproducing the paper") from a shortened run of train.py
 on records of the dataset's shape (ProsQA: graphs with the paper's settings, Algorithm 1; GSM8k-Aug: its test
@@ -34,10 +38,11 @@ from pathlib import Path
 
 import torch
 
-from coconut import Coconut, load_gpt, naive_forward, naive_generate
+from coconut import Coconut, load_gpt, naive_forward, naive_generate, token_losses
 from common import setup
 from data import VOCAB_SIZE, Curriculum, collate, load_dataset, tokenize
 from gpt import GPT, GPTConfig
+from pccot import PCCoT
 from recipes import DEFAULTS, PRESETS, curriculum
 from synthetic import PAPER, generate_prosqa
 
@@ -84,12 +89,67 @@ def main():
     p.add_argument("--naive_examples", type=int, help="examples decoded one by one without cache (default 8 GPU, 2 CPU)")
     p.add_argument("--repeat", type=int, default=3, help="timed rounds, the measurements taking turns (each reports its median)")
     p.add_argument("--data_dir", help="folder with GSM8k-Aug's test.txt (default: downloaded once into the cache)")
+    p.add_argument("--pccot", type=int, metavar="N", help="instead: PCCoT against Coconut at N thoughts (PCCoT's recipe: 24)")
+    p.add_argument("--pccot_iterations", type=int, default=3, help="--pccot: Jacobi iterations (PCCoT's recipe: 3)")
     args, train_flags = p.parse_known_args()
     if args.recipe:
         return recipe(args, [f for f in train_flags if f != "--"])
     if train_flags:
         p.error(f"unrecognized arguments: {' '.join(train_flags)}")
+    if args.pccot:
+        return pccot_against_coconut(args)
     steps_and_generation(args)
+
+
+def pccot_against_coconut(args):
+    """PCCoT's training step (the student's loss: its Jacobi latents, then the answer) and generation against
+    Coconut's sequential chain, at the same number of thoughts, on the same batch, taking turns."""
+    device, autocast, _, _ = setup(args.device, args.dtype)
+    B, G, n = args.batch_size or (32 if device.type == "cuda" else 16), args.gen_batch_size, args.pccot
+    warmup = 2 if args.compile else 1
+    torch.manual_seed(0)
+    gpt = load_gpt("scratch", n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd).to(device)
+    coconut, pccot = Coconut(gpt), PCCoT(gpt, args.pccot_iterations)
+    records = load_dataset("gsm8k", "test", data_dir=args.data_dir)
+    records = [records[i % len(records)] for i in range(max(B, G))]
+    cur = Curriculum(method="pccot", c_thought=1, max_latent_stage=n)  # all n latents, "The answer is:" then the answer
+    tokenized, _ = tokenize(records, max_latents=n, method="pccot")
+    batch = collate([cur.example(t, cur.final_stage) for t in tokenized[:B]]).to(device)
+    prompts = collate([cur.prompt(t, cur.final_stage) for t in tokenized[:G]], align_ends=True).to(device)
+
+    def step(model):
+        forward = (lambda b: token_losses(gpt, model.hidden(b)[0], b)) if not args.compile else \
+            torch.compile(lambda b: token_losses(gpt, model.hidden(b)[0], b), dynamic=True)
+
+        def run():
+            with autocast:
+                loss = forward(batch).mean()
+            loss.backward()
+            gpt.zero_grad(set_to_none=True)
+        return run
+
+    def generate(model):
+        decode_step = model.compiled_step() if args.compile else None
+
+        def run():
+            with autocast:
+                model.generate(prompts, args.max_new_tokens, step=decode_step)
+        return run
+
+    gpt.train()
+    (t_coconut, m_coconut), (t_pccot, m_pccot) = timed([step(coconut), step(pccot)], device, args.repeat, warmup)
+    gpt.eval()
+    (g_coconut, _), (g_pccot, _) = timed([generate(coconut), generate(pccot)], device, args.repeat, warmup)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"\n{name}, {'bf16 autocast' if isinstance(autocast, torch.autocast) else 'float32'}"
+          f"{', torch.compile' if args.compile else ''}; model {args.n_layer}x{args.n_embd}; {n} thoughts, "
+          f"{args.pccot_iterations} Jacobi iterations; training batch {B} x {batch.ids.shape[1]} columns; generation batch "
+          f"{G}, {args.max_new_tokens} new tokens at most; torch {torch.__version__}\n")
+    mib = lambda m: "-" if m is None else f"{m:.2f} GiB"
+    print("| measurement | Coconut | PCCoT | PCCoT / Coconut |\n|---|---|---|---|")
+    print(f"| training step (student's loss) | {t_coconut * 1e3:,.0f} ms | {t_pccot * 1e3:,.0f} ms | {t_pccot / t_coconut:.2f} |")
+    print(f"| generation, batch {G} | {g_coconut * 1e3:,.0f} ms | {g_pccot * 1e3:,.0f} ms | {g_pccot / g_coconut:.2f} |")
+    print(f"| peak memory of the training step | {mib(m_coconut)} | {mib(m_pccot)} | |")
 
 
 def steps_and_generation(args):

@@ -44,3 +44,14 @@ def test_recipe_runs_two_epochs_of_every_stage_and_projects(fixtures):
     rows = re.findall(r"^\| (\d) \| (\d) \| (\d+) \|", proc.stdout, re.M)
     assert rows == [("0", "0", "25"), ("1", "2", "3"), ("2", "4", "3"), ("3", "6", "3"), ("4", "6", "13")]
     assert re.search(r"^projected: \d+\.\d\d h", proc.stdout, re.M)
+
+
+def test_pccot_against_coconut_prints_both_ratios(fixtures):
+    proc = subprocess.run(
+        [sys.executable, "bench.py", "--pccot", "6", "--data_dir", str(fixtures / "gsm8k"), "--n_layer", "2", "--n_head",
+         "2", "--n_embd", "32", "--batch_size", "4", "--gen_batch_size", "4", "--repeat", "1", "--max_new_tokens", "4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 thoughts, 3 Jacobi iterations" in proc.stdout
+    for row in ("training step", "generation, batch 4"):
+        assert re.search(rf"\| {row}[^|]*\| [\d,]+ ms \| [\d,]+ ms \| \d+\.\d\d \|", proc.stdout), row
