@@ -18,6 +18,10 @@ passes and no position is computed twice. tests/test_coconut.py checks this agai
     model = Coconut(load_gpt("gpt2"))               # GPT-2 with <bot>, <eot>, <latent> added
     losses = model(data.collate(examples))          # (N,) cross-entropy of each supervised token
     out = model.generate(data.collate(prompts, align_ends=True), max_new_tokens=64)
+
+The methods that followed are subclasses, each in a file of its own: codi.py (a projection on the fed-back state:
+`thought`; a teacher pass and a distillation of every layer's state: `hidden(batch, layers=True)`), pccot.py (the
+thoughts by Jacobi iterations: `hidden` and generation's `prefill`), simcot.py (a step decoder on the thoughts).
 """
 from dataclasses import dataclass
 from pathlib import Path
