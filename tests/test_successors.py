@@ -177,15 +177,31 @@ def run(script, *args):
                           text=True, timeout=300)
 
 
-@pytest.mark.parametrize("method", ["codi", "pccot", "simcot"])
-def test_each_method_trains_generates_and_evaluates(tmp_path, data_dir, method):
-    import json
-    out = tmp_path / method
-    epochs = "4" if method == "simcot" else "2"  # SIM-CoT reaches its final stage (3) at epoch 3
-    lora = ["--lora_r", "4", "--lr", "3e-2"] if method == "codi" else []  # LoRA's adapters in the checkpoint too
-    trained = run("train.py", *TINY, "--data_dir", str(data_dir), "--epochs", epochs, "--method", method, *lora,
-                  "--out_dir", str(out))
+# SIM-CoT (its step decoder in the checkpoint), with a cosine schedule, warm-up, clipping and stage mixing; 4 epochs
+# reach its final stage (3). Run once: the end-to-end test and the resume test both read it.
+SIMCOT = [*TINY, "--epochs", "4", "--method", "simcot", "--lr_schedule", "cosine", "--warmup", "0.2", "--grad_clip", "0.5",
+          "--uniform_prob", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def simcot_run(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("simcot") / "full"
+    trained = run("train.py", *SIMCOT, "--data_dir", str(data_dir), "--out_dir", str(out))
     assert trained.returncode == 0, trained.stderr
+    return out
+
+
+@pytest.mark.parametrize("method", ["codi", "pccot", "simcot"])
+def test_each_method_trains_generates_and_evaluates(tmp_path, data_dir, method, request):
+    import json
+    if method == "simcot":
+        out = request.getfixturevalue("simcot_run")
+    else:
+        out = tmp_path / method
+        lora = ["--lora_r", "4", "--lr", "3e-2"] if method == "codi" else []  # LoRA's adapters in the checkpoint too
+        trained = run("train.py", *TINY, "--data_dir", str(data_dir), "--epochs", "2", "--method", method, *lora,
+                      "--out_dir", str(out))
+        assert trained.returncode == 0, trained.stderr
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     if method != "simcot":  # (whose stages each add a loss: a decoded step's summed cross-entropy)
         assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
@@ -200,20 +216,17 @@ def test_each_method_trains_generates_and_evaluates(tmp_path, data_dir, method):
     assert [e["generated_ids"] for e in again["examples"]] == [e["generated_ids"] for e in test["examples"]]
 
 
-def test_stopped_and_resumed_equals_uninterrupted(tmp_path, data_dir):
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path, data_dir, simcot_run):
     """SIM-CoT (its step decoder in the checkpoint) with a cosine schedule, warm-up and clipping: stopped after a
     step mid-epoch and resumed, it ends with bit-identical weights."""
     from safetensors.torch import load_file
-    args = [*TINY, "--data_dir", str(data_dir), "--epochs", "3", "--method", "simcot", "--lr_schedule", "cosine",
-            "--warmup", "0.2", "--grad_clip", "0.5", "--uniform_prob", "0.5"]
-    full = run("train.py", *args, "--out_dir", str(tmp_path / "full"))
-    assert full.returncode == 0, full.stderr
-    stopped = run("train.py", *args, "--out_dir", str(tmp_path / "resumed"), "--max_steps", "4")
+    args = [*SIMCOT, "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "resumed")]
+    stopped = run("train.py", *args, "--max_steps", "4")
     assert stopped.returncode == 0, stopped.stderr
-    resumed = run("train.py", *args, "--out_dir", str(tmp_path / "resumed"), "--resume")
+    resumed = run("train.py", *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     for file in ("model.safetensors", "extras.safetensors"):  # the GPT, and the step decoder
-        a, b = (load_file(tmp_path / d / "latest" / file) for d in ("full", "resumed"))
+        a, b = (load_file(d / "latest" / file) for d in (simcot_run, tmp_path / "resumed"))
         assert all(torch.equal(a[k], b[k]) for k in a), file
 
 
