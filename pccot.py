@@ -5,9 +5,9 @@ code: github.com/whyNLP/PCCoT, models/modeling_gpt2.py). A visible delta on coco
 Coconut computes n thoughts in n sequential one-column passes. PCCoT guesses them all, then refines them all at
 once: pass 0 reads the question, <bot> and n placeholder <latent> tokens; latent 1 is the output at <bot> (exact),
 latent k+1 the output at placeholder k. Each of T iterations runs the n latents together on the question's KV
-cache (causal among themselves) and sets latent k+1 to the output at latent k. Latent j is exact once the latents
-before it are, so after T iterations the first T+1 equal the sequential chain's (tests/test_successors.py). The
-answer reads the cache of the T-th iteration: the latents that were fed to it. 1 + T + 1 passes of width n
+cache (causal among themselves) and sets latent k+1 to the output at latent k. Latent k+1 is exact once latents 1
+to k are: iteration t outputs t+1 latents of the sequential chain. The answer reads the cache of the T-th iteration,
+whose inputs (the latents that were fed to it) begin with T latents of the chain (tests/test_successors.py). 1 + T + 1 passes of width n
 instead of n + 2 passes. The loss is CODI's (codi.py) with PCCoT's choices: no projection (GPT-2), the distilled
 layers are the n_layer block outputs (not the embeddings), the targets the teacher pass's own states, detached;
 the answer piece is "The answer is:" then the answer with no space, and "The answer is:" is given at inference.
