@@ -118,6 +118,9 @@ def resolve_config(args, world=1):
                 "max_new_tokens"):
         if cfg[key] < 1:
             raise ValueError(f"--{key} must be at least 1, got {cfg[key]}")
+    if cfg["cot_epochs"] and cfg["lora_r"]:
+        raise ValueError("--cot_epochs with --lora_r: the method would start from the CoT phase's GPT without its LoRA "
+                         "adapters; train the CoT phase in a run of its own and pass its checkpoint as --init_from")
     if cfg["pccot_iterations"] < 1:
         raise ValueError(f"--pccot_iterations must be at least 1, got {cfg['pccot_iterations']}")
     if not 0 <= cfg["warmup"] < 1 or cfg["grad_clip"] < 0:

@@ -311,3 +311,14 @@ def test_torchrun_two_processes_equal_one(tmp_path, data_dir):
     for file in ("model.safetensors", "extras.safetensors"):
         a, b = (load_file(tmp_path / d / "latest" / file) for d in ("one", "two"))
         assert all((a[k] - b[k]).abs().max() <= 1e-6 for k in a), file
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--method", "pccot", "--pccot_iterations", "0"], "--pccot_iterations must be at least 1"),
+    (["--lr_schedule", "cosine", "--warmup", "1.5"], "--warmup must be within [0, 1)"),
+    (["--dataset", "gsm8k", "--method", "codi", "--cot_epochs", "3"], "--cot_epochs with --lora_r"),
+])
+def test_bad_flags_say_what_is_wrong(flags, message):
+    import train
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        train.resolve_config(train.parse_args(flags))
