@@ -99,16 +99,17 @@ class Tokenized:
     step_ids: list = None       # SIM-CoT: each step alone, without its "\n": what the step decoder writes
 
 
-def tokenize(records, block_size=1024, max_latents=0, method="coconut"):
+def tokenize(records, block_size=1024, max_latents=0, method="coconut", fmt=None):
     """Tokenize records once; a stage's sequences are then cheap to rebuild every epoch.
 
     Nothing is truncated: a record whose longest sequence (every step written out, plus the markers and
     max_latents thoughts) would not fit in block_size positions is skipped. Returns the tokenized records,
-    and for each one the index of its record, so skipped ones can be counted and reported.
+    and for each one the index of its record, so skipped ones can be counted and reported. The method's format
+    (FORMATS), unless fmt names another (the CoT phase of a CODI run writes as CODI does).
     """
     enc, known = tokenizer(), {}
     spec = METHODS[method]
-    fmt = FORMATS[spec.format]
+    fmt = FORMATS[fmt or spec.format]
 
     def encode(text):  # a piece seen before (GSM8k-Aug repeats many steps and answers) is encoded once, and shared
         if text not in known:
@@ -205,6 +206,7 @@ class Curriculum:
     pad_latent_to_max: bool = True  # beyond max_latent_stage: always max*c thoughts, even for shorter records
     uniform_prob: float = 0.0      # chance that a record trains at a stage drawn from 0..len(steps) instead
     icot_tokens_per_stage: int = 8  # icot: leading CoT tokens removed per stage
+    format: str = None             # how records are written (FORMATS), if not as the method writes them
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -222,6 +224,11 @@ class Curriculum:
     @property
     def feedback(self):
         return self.spec.feedback
+
+    @property
+    def fmt(self):
+        """The name of the format the records are written in."""
+        return self.format or self.spec.format
 
     def stage(self, epoch):
         """The scheduled stage at an epoch (0-based)."""
@@ -300,7 +307,8 @@ class Curriculum:
             n_latents = 0
         elif n_latents is None:
             n_latents = min(stage, cap) * self.c_thought
-        context = self._context(rec, n_latents) + rec.answer[:rec.prompt_len]  # PCCoT's answer prompt is given
+        given = rec.answer[:rec.prompt_len] if FORMATS[self.spec.format].prompt else []  # PCCoT's answer prompt
+        context = self._context(rec, n_latents) + given
         return Example(context, len(context), len(rec.question) + 1, n_latents)
 
 

@@ -94,7 +94,7 @@ def evaluate(model, records, curriculum, stage, max_new_tokens, batch_size=32, n
     """
     model.eval()
     max_latents = curriculum.max_latent_stage * curriculum.c_thought if num_latents is None else num_latents
-    tokenized, kept = tokenize(records, max_latents=max_latents, method=curriculum.method)
+    tokenized, kept = tokenize(records, max_latents=max_latents, method=curriculum.method, fmt=curriculum.fmt)
     check_vocabulary(model.gpt, [t.question + [x for step in t.steps for x in step] + t.answer for t in tokenized],
                      [f"record {i}" for i in kept])
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -110,7 +110,7 @@ def evaluate(model, records, curriculum, stage, max_new_tokens, batch_size=32, n
         seconds += time.perf_counter() - t0
         for i, a in zip(chunk, answers):
             record = records[kept[i]]
-            fmt = curriculum.spec.format
+            fmt = curriculum.fmt
             results.append(dict(idx=kept[i], answer=record["answer"], prediction=extract_answer(a["output"], fmt),
                                 correct=is_correct(a["output"], record["answer"], fmt), **a))
         if with_loss:
@@ -147,11 +147,11 @@ def answer(model, prompts, max_new_tokens, step=None, device="cpu", autocast=con
 def ask(model, question, curriculum, stage, max_new_tokens, num_latents=None, probe_topk=5, device="cpu",
         autocast=contextlib.nullcontext()):
     """A question of one's own: the model's answer, and what each of its thoughts decodes to."""
-    [tokenized], _ = tokenize([dict(question=question, steps=[], answer="")], method=curriculum.method)
+    [tokenized], _ = tokenize([dict(question=question, steps=[], answer="")], method=curriculum.method, fmt=curriculum.fmt)
     check_vocabulary(model.gpt, [tokenized.question], ["the question"])
     [a] = answer(model.eval(), [curriculum.prompt(tokenized, stage, num_latents)], max_new_tokens, None, device,
                  autocast, probe_topk)
-    return dict(question=question, prediction=extract_answer(a["output"], curriculum.spec.format), **a)
+    return dict(question=question, prediction=extract_answer(a["output"], curriculum.fmt), **a)
 
 
 def check_vocabulary(gpt, sequences, names):

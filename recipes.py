@@ -25,6 +25,7 @@ DEFAULTS = dict(
     lora_r=0,                # LoRA's rank (lora.py); 0: every weight is trained
     lora_alpha=32, lora_dropout=0.1,
     lora_token_rows=False,   # with LoRA: the embedding rows of <bot>, <eot>, <latent> and EOS train too (PCCoT)
+    format=None,             # how records are written (data.FORMATS), if not as the method writes them
 )
 PRESETS = {
     "gsm8k": dict(c_thought=2, max_latent_stage=3, epochs_per_stage=3, epochs=25, max_new_tokens=64,

@@ -471,7 +471,8 @@ def main(argv=None):
             if len(kept) < len(records["train"]):
                 print0(f"skipped {len(records['train']) - len(kept)} training records longer than the context")
             if cfg["cot_epochs"]:
-                cot = dict(cfg, method="cot", epochs=cfg["cot_epochs"], start_epoch=0, out_dir=str(Path(cfg["out_dir"]) / "cot"))
+                cot = dict(cfg, method="cot", epochs=cfg["cot_epochs"], start_epoch=0, out_dir=str(Path(cfg["out_dir"]) / "cot"),
+                           format=METHODS[cfg["method"]].format)  # written as the method writes (CODI: "The answer is")
                 best_cot = train_phase(cot, data, run, preemption, trackers)
                 if best_cot is None:
                     return

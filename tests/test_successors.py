@@ -197,11 +197,12 @@ def test_each_method_trains_generates_and_evaluates(tmp_path, data_dir, method, 
     if method == "simcot":
         out = request.getfixturevalue("simcot_run")
     else:
-        out = tmp_path / method
-        lora = ["--lora_r", "4", "--lr", "3e-2"] if method == "codi" else []  # LoRA's adapters in the checkpoint too
-        trained = run("train.py", *TINY, "--data_dir", str(data_dir), "--epochs", "2", "--method", method, *lora,
-                      "--out_dir", str(out))
+        # CODI with LoRA (its adapters in the checkpoint too); PCCoT after a CoT phase written as PCCoT writes
+        extra = ["--lora_r", "4", "--lr", "3e-2"] if method == "codi" else ["--cot_epochs", "1"]
+        trained = run("train.py", *TINY, "--data_dir", str(data_dir), "--epochs", "2", "--method", method, *extra,
+                      "--out_dir", str(tmp_path / method))
         assert trained.returncode == 0, trained.stderr
+        out = tmp_path / method / (method if method == "pccot" else "")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     if method != "simcot":  # (whose stages each add a loss: a decoded step's summed cross-entropy)
         assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
