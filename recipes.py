@@ -43,9 +43,9 @@ PRESETS = {
     "ontology": dict(init_from="scratch", n_layer=2, n_head=4, n_embd=128, dropout=0.0, lr=2e-3,
                      c_thought=1, max_latent_stage=3, epochs_per_stage=2, epochs=10, max_new_tokens=32,
                      batch_size=16, micro_batch_size=16),
-    # ProsQA's graphs in symbols (synthetic.py), where a written step must commit to one branch. Looking a node's
-    # children up in the question is learnt from written steps only after about 1,900 steps (8 epochs) of CoT: the
-    # thoughts' stages start from the best of those 8 epochs, one stage per epoch from epoch 1 (README, "Latent search").
+    # ProsQA's graphs in symbols (synthetic.py), where a written step must commit to one branch. CoT's validation loss
+    # falls from 1.74 to 0.55 in 3 epochs, and its accuracy still climbs after 8: the thoughts' stages start from the
+    # best of 8 epochs of CoT, one stage per epoch from epoch 1. It does not reach its aim (README, "Latent search").
     "reachability": dict(init_from="scratch", n_layer=2, n_head=4, n_embd=128, dropout=0.0, lr=1e-3,
                          batch_size=32, micro_batch_size=32, reset_optimizer="never", uniform_prob=0.3,
                          c_thought=1, max_latent_stage=5, epochs_per_stage=1, epochs=10, max_new_tokens=24,
