@@ -79,5 +79,6 @@ def recipe(dataset, method):
 
 
 def curriculum(cfg):
-    """The Curriculum a run's config describes."""
-    return Curriculum(**{k: cfg[k] for k in CURRICULUM_FIELDS})
+    """The Curriculum a run's config describes; a field it lacks (a run saved before the field existed) keeps its
+    default."""
+    return Curriculum(**{k: cfg[k] for k in CURRICULUM_FIELDS if k in cfg})
