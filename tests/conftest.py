@@ -77,6 +77,19 @@ def tiny_gpt2_bin_dir(tmp_path_factory):
     return _tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2-bin"), safe_serialization=False)
 
 
+def gpt_with_latent_tokens(path):
+    """A tiny GPT-2 with the three latent tokens appended (copies of "<<"), nudged apart so that confusing them would show."""
+    import data
+    from gpt import GPT
+
+    gpt = GPT.from_pretrained(path, dropout=0.0)
+    gpt.grow_vocab(data.VOCAB_SIZE, init_row=data.encode("<<")[0])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        gpt.transformer.wte.weight[data.EOS + 1:] += 0.05 * torch.randn(3, gpt.config.n_embd)
+    return gpt
+
+
 def assert_compiled_equals_eager(compiled, model, batches, loss_rtol, grad_rtol):
     """The compiled training loss against eager, batch by batch: the losses and every parameter's gradient."""
     params = list(model.gpt.parameters())

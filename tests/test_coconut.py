@@ -8,19 +8,13 @@ import torch
 
 import data
 from coconut import Coconut, load_gpt, naive_forward, naive_generate
-from conftest import assert_compiled_equals_eager
+from conftest import assert_compiled_equals_eager, gpt_with_latent_tokens
 from data import EOS, Curriculum, collate, tokenize
-from gpt import GPT
 
 
 @pytest.fixture(scope="module")
 def model(tiny_gpt2_dir):
-    gpt = GPT.from_pretrained(tiny_gpt2_dir, dropout=0.0)
-    gpt.grow_vocab(data.VOCAB_SIZE, init_row=data.encode("<<")[0])
-    torch.manual_seed(0)
-    with torch.no_grad():  # distinct latent-token rows, so that confusing them would show
-        gpt.transformer.wte.weight[data.EOS + 1:] += 0.05 * torch.randn(3, gpt.config.n_embd)
-    return Coconut(gpt).eval()
+    return Coconut(gpt_with_latent_tokens(tiny_gpt2_dir)).eval()
 
 
 @pytest.fixture(scope="module")

@@ -15,19 +15,14 @@ import data
 from codi import CODI
 from coconut import Coconut
 from data import Curriculum, collate, tokenize
-from gpt import GPT
+from conftest import gpt_with_latent_tokens
 from pccot import PCCoT, naive_latents
 from simcot import SimCoT, naive_step_loss
 
 
 @pytest.fixture(scope="module")
 def gpt(tiny_gpt2_dir):
-    gpt = GPT.from_pretrained(tiny_gpt2_dir, dropout=0.0)
-    gpt.grow_vocab(data.VOCAB_SIZE, init_row=data.encode("<<")[0])
-    torch.manual_seed(0)
-    with torch.no_grad():  # distinct latent-token rows, so that confusing them would show
-        gpt.transformer.wte.weight[data.EOS + 1:] += 0.05 * torch.randn(3, gpt.config.n_embd)
-    return gpt
+    return gpt_with_latent_tokens(tiny_gpt2_dir)
 
 
 @pytest.fixture(scope="module")
