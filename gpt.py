@@ -312,8 +312,8 @@ def _read_hf_dir(path):
     """GPTConfig and the weights file of a Hugging Face GPT-2 directory (config.json + weights)."""
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{path}: no config.json; a GPT-2 directory holds config.json and "
-                                "model.safetensors or pytorch_model.bin")
+        raise FileNotFoundError(f"{path}: neither a checkpoint of this project (model.json and model.safetensors) "
+                                "nor a GPT-2 directory (config.json and model.safetensors or pytorch_model.bin)")
     hf = json.loads(config_file.read_text())
     if hf.get("model_type", "gpt2") != "gpt2" or hf.get("activation_function", "gelu_new") != "gelu_new":
         raise ValueError(f"{config_file}: not a GPT-2 config (model_type {hf.get('model_type')!r}, "
