@@ -78,7 +78,8 @@ def tiny_gpt2_bin_dir(tmp_path_factory):
 
 
 def gpt_with_latent_tokens(path):
-    """A tiny GPT-2 with the three latent tokens appended (copies of "<<"), nudged apart so that confusing them would show."""
+    """A tiny GPT-2 with the three latent tokens appended (copies of "<<"), nudged apart so that confusing them
+    would show."""
     import data
     from gpt import GPT
 

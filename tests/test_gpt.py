@@ -195,7 +195,8 @@ def test_save_load_roundtrip_and_corrupt_checkpoint(tmp_path, tiny_gpt2_dir):
     idx = torch.randint(0, 50260, (2, 7))
     assert loaded.config == model.config and torch.equal(loaded(idx), model(idx))
     (tmp_path / "model.json").rename(tmp_path / "lost.json")  # a checkpoint without its config: neither kind
-    with pytest.raises(FileNotFoundError, match="neither a checkpoint of this project .model.json and model.safetensors"):
+    with pytest.raises(FileNotFoundError,
+                       match="neither a checkpoint of this project .model.json and model.safetensors"):
         GPT.from_pretrained(tmp_path)
     (tmp_path / "lost.json").rename(tmp_path / "model.json")
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 100)
