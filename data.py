@@ -84,6 +84,8 @@ FORMATS = {
     "coconut": Format("\n", "\n", "### {}", "", None),
     "codi": Format("", None, "The answer is: {}", "", "The answer is:"),
     "pccot": Format("", "", "{}", "The answer is:", "The answer is:"),
+    # synthetic.reachability's nodes, one token each, written one after the other right after the question's root.
+    "symbols": Format("", "", "### {}", "", None),
 }
 
 
@@ -133,12 +135,12 @@ def tokenize(records, block_size=1024, max_latents=0, method="coconut", fmt=None
     return out, kept
 
 
-def vocabulary(splits, method="coconut"):
-    """The token ids of every record of every split as the method writes them, and the four special ones: the rows
+def vocabulary(splits, method="coconut", fmt=None):
+    """The token ids of every record of every split as the method (or the format fmt) writes them, and the four special ones: the rows
     that a model from scratch needs (GPTConfig.tokens)."""
     ids = {EOS, BOT, EOT, LATENT} | ({NEWLINE} if METHODS[method].step_targets else set())
     for records in splits:
-        for t in tokenize(records, method=method)[0]:
+        for t in tokenize(records, method=method, fmt=fmt)[0]:
             ids.update(t.question, *t.steps, t.answer, t.teacher_steps or [], *(t.step_ids or []))
     return sorted(ids)
 
@@ -207,6 +209,7 @@ class Curriculum:
     uniform_prob: float = 0.0      # chance that a record trains at a stage drawn from 0..len(steps) instead
     icot_tokens_per_stage: int = 8  # icot: leading CoT tokens removed per stage
     format: str = None             # how records are written (FORMATS), if not as the method writes them
+    markers: bool = None           # <bot> and <eot> around the latents, if not as the method has them
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -224,6 +227,10 @@ class Curriculum:
     @property
     def feedback(self):
         return self.spec.feedback
+
+    @property
+    def has_markers(self):
+        return self.spec.markers if self.markers is None else self.markers
 
     @property
     def fmt(self):
@@ -254,10 +261,10 @@ class Curriculum:
         return steps, (n * self.c_thought if self.spec.latents else 0)
 
     def _context(self, rec, n_latents):
-        """question | <bot> <latent> x n <eot>, the markers only for methods that have them."""
-        if self.spec.markers:
+        """question | <bot> <latent> x n <eot>, the markers only where the method (or the recipe) has them."""
+        if self.has_markers:
             return rec.question + [BOT] + [LATENT] * n_latents + [EOT]
-        return list(rec.question)
+        return rec.question + [LATENT] * n_latents
 
     def example(self, rec, stage, rng=None):
         """The training sequence of a record at a stage; rng draws the stage mixing (uniform_prob)."""
@@ -272,7 +279,7 @@ class Curriculum:
         steps, n = self._steps_and_latents(rec, stage)
         context = self._context(rec, n)
         ids = context + [t for step in steps for t in step] + rec.answer
-        example = Example(ids, len(context), len(rec.question) + 1, n)
+        example = Example(ids, len(context), len(rec.question) + self.has_markers, n)
         if self.spec.teacher:
             example.teacher = rec.question + rec.teacher_steps + rec.answer
             example.teacher_label_start = len(rec.question)
@@ -309,7 +316,7 @@ class Curriculum:
             n_latents = min(stage, cap) * self.c_thought
         given = rec.answer[:rec.prompt_len] if FORMATS[self.spec.format].prompt else []  # PCCoT's answer prompt
         context = self._context(rec, n_latents) + given
-        return Example(context, len(context), len(rec.question) + 1, n_latents)
+        return Example(context, len(context), len(rec.question) + self.has_markers, n_latents)
 
 
 @dataclass

@@ -183,9 +183,6 @@ def decode_thoughts(gpt, thoughts, counts, k):
 # output with no written step, whether its label is right.
 PROSQA_CLASSES = ("correct_path", "longer_path", "hallucination", "wrong_target", "correct_label", "incorrect_label")
 SENTENCE = re.compile(r"(?:Every )?(\S+) is an? (\S+)\.")  # "Tom is a terpus." or "Every terpus is a brimpus."
-SYMBOL_EDGE = re.compile(r"(\d+) (\d+)")  # a step of synthetic.reachability: "13 2"
-
-
 def is_symbolic(record):
     """Whether a record is written in symbols (synthetic.reachability): its answer is the target's name alone."""
     return record["answer"] == record["idx_to_symbol"][record["target"]]
@@ -198,13 +195,18 @@ def answer_naming(record, node):
 
 
 def written_path(text, record):
-    """The edges (from, to) a text's lines name, as node ids (None where a line names no pair of nodes)."""
+    """The edges (from, to) a text's steps name, as node ids (None where a step names no pair of nodes). In
+    symbols (synthetic.reachability) the steps are the path's nodes, " 2 7": each one's edge comes from the node
+    before it, the first one's from None (the root or the thoughts before it)."""
     names = {name: i for i, name in enumerate(record["idx_to_symbol"])}
-    pattern = SYMBOL_EDGE if is_symbolic(record) else SENTENCE
+    body = text.split("#")[0]
+    if is_symbolic(record):
+        nodes = [names.get(name) for name in body.split()]
+        return list(zip([None] + nodes[:-1], nodes))
     path = []
-    for line in text.split("#")[0].splitlines():
+    for line in body.splitlines():
         if line.strip():
-            m = pattern.fullmatch(line.strip())
+            m = SENTENCE.fullmatch(line.strip())
             path.append((names.get(m[1]), names.get(m[2])) if m else None)
     return path
 
@@ -236,26 +238,30 @@ def classify_prosqa(output, record):
         return "correct_label" if correct else "incorrect_label"
     hops = prosqa_graph(record)[0]
     edges = {tuple(e) for e in record["edges"]}
+    start = path[0][0] if path[0] else None
+    if start is None and path[0] and path[0][1] is not None:  # symbols: the path starts at its first node
+        start, path = path[0][1], path[1:]
     if not (all(step in edges for step in path) and all(a[1] == b[0] for a, b in zip(path, path[1:]))
-            and path[0][0] in hops):
+            and start in hops and (not path or path[0][0] == start)):
         return "hallucination"
-    if correct and path[-1][1] == record["target"]:
-        return "correct_path" if hops[path[0][0]] + len(path) == hops[record["target"]] else "longer_path"
+    if correct and (path[-1][1] if path else start) == record["target"]:
+        return "correct_path" if hops[start] + len(path) == hops[record["target"]] else "longer_path"
     return "wrong_target"
 
 
 @torch.no_grad()
 def frontier_values(model, record, curriculum, k, device="cpu", autocast=contextlib.nullcontext()):
-    """The value of each frontier node after k thoughts (§5.3): the nodes k hops from the root, each with
-    the probability of its name where the next step would name it ("<eot>Every terpus is a ..." in ProsQA's
-    sentences, "<eot> 13 2" in symbols): the product of the name's token probabilities after the prompt with
-    k thoughts.
+    """The value of each frontier node after k thoughts (§5.3): the nodes the next step would name, each with
+    the probability of its name there (k hops from the root in ProsQA's sentences, "<eot>Every terpus is a ...";
+    k + 1 in symbols, whose steps are the path's nodes): the product of the name's token probabilities after the
+    prompt with k thoughts.
     """
     hops, to_target, heights = prosqa_graph(record)
-    frontier = [v for v, d in hops.items() if d == k]
+    h = k + is_symbolic(record)  # the frontier's hops from the root
+    frontier = [v for v, d in hops.items() if d == h]
     if not frontier:
         return []
-    context = curriculum.prompt(tokenize([record])[0][0], curriculum.final_stage, k)
+    context = curriculum.prompt(tokenize([record], fmt=curriculum.fmt)[0][0], curriculum.final_stage, k)
     prefix = [] if is_symbolic(record) else encode("Every")
     # Only the name's tokens are supervised: the model's loss on them is -log p of each.
     names = [encode(" " + record["idx_to_symbol"][v]) for v in frontier]
@@ -267,7 +273,7 @@ def frontier_values(model, record, curriculum, k, device="cpu", autocast=context
     values = torch.zeros(len(frontier), device=device).index_add_(0, rows, losses.float()).neg().exp()
     shortest = hops[record["target"]]
     return [dict(node=v, name=record["idx_to_symbol"][v], value=p, height=heights[v],
-                 on_path=to_target.get(v) == shortest - k)  # on a shortest path: k hops in, the rest to go
+                 on_path=to_target.get(v) == shortest - h)  # on a shortest path: h hops in, the rest to go
             for v, p in zip(frontier, values.tolist())]
 
 
@@ -378,7 +384,7 @@ def search_values(gpt, record, curriculum, device="cpu"):
     LM head's probability of the node's token; the same for the node of the answer's path i hops in ("path");
     and the last layer's attention, from the position that computes thought i, summed over the edge tokens
     whose source is in each class at hop i - 1, and over every other token ("other"): attention sums to one."""
-    [tokenized], _ = tokenize([record])
+    [tokenized], _ = tokenize([record], fmt=curriculum.fmt)
     prompt = curriculum.prompt(tokenized, curriculum.final_stage)
     embeds = naive_thoughts(gpt, prompt)  # (1, T, C)
     first = prompt.first_latent
@@ -396,7 +402,7 @@ def search_values(gpt, record, curriculum, device="cpu"):
         mean = lambda values, c: values[[v for v in range(len(ids)) if classes[v] == c]].mean().item() \
             if c in classes else None
         on_path = path[i] if i < len(path) else None
-        reads = attention[first + i - 2]  # (T,) the query of thought i: <bot> for i = 1, else latent i - 1
+        reads = attention[first + i - 2]  # (T,) the query of thought i: the column before latent i
         mass = {c: 0.0 for c in SEARCH_CLASSES}
         for (source, _), col in edges.items():
             mass[search_class(hops, source, i - 1)] += reads[col].item()

@@ -26,6 +26,7 @@ DEFAULTS = dict(
     lora_alpha=32, lora_dropout=0.1,
     lora_token_rows=False,   # with LoRA: the embedding rows of <bot>, <eot>, <latent> and EOS train too (PCCoT)
     format=None,             # how records are written (data.FORMATS), if not as the method writes them
+    markers=None,            # <bot> and <eot> around the thoughts, if not as the method has them
 )
 PRESETS = {
     "gsm8k": dict(c_thought=2, max_latent_stage=3, epochs_per_stage=3, epochs=25, max_new_tokens=64,
@@ -45,13 +46,15 @@ PRESETS = {
     "ontology": dict(init_from="scratch", n_layer=2, n_head=4, n_embd=128, dropout=0.0, lr=2e-3,
                      c_thought=1, max_latent_stage=3, epochs_per_stage=2, epochs=10, max_new_tokens=32,
                      batch_size=16, micro_batch_size=16),
-    # ProsQA's graphs in symbols (synthetic.py), where a written step must commit to one branch. CoT's validation loss
-    # falls from 1.74 to 0.55 in 3 epochs, and its accuracy still climbs after 8: the thoughts' stages start from the
-    # best of 8 epochs of CoT, one stage per epoch from epoch 1. It does not reach its aim (README, "Latent search").
+    # ProsQA's graphs in symbols (synthetic.py), where a written step must commit to one branch. As in the
+    # superposition paper's code (Zhu et al. 2025), a thought has no markers around it: the root's position computes
+    # the first, each thought the next, every one where CoT would write the next node, and there are as many as the
+    # path has hops. The thoughts' stages start from 8 epochs of CoT, then 2 epochs a stage (README, "Latent search").
     "reachability": dict(init_from="scratch", n_layer=2, n_head=4, n_embd=128, dropout=0.0, lr=1e-3,
                          batch_size=32, micro_batch_size=32, reset_optimizer="never", uniform_prob=0.3,
-                         c_thought=1, max_latent_stage=5, epochs_per_stage=1, epochs=10, max_new_tokens=24,
-                         cot_epochs=8, start_epoch=1),
+                         format="symbols", markers=False, pad_latent_to_max=False,
+                         c_thought=1, max_latent_stage=5, epochs_per_stage=2, epochs=16, max_new_tokens=24,
+                         cot_epochs=8, start_epoch=2),
 }
 # The methods that followed, on GSM8k-Aug with GPT-2, as their papers and released scripts train them. CODI
 # (zhenyi4/codi scripts/train_gpt2_gsm8k-aug.sh) and PCCoT (whyNLP/PCCoT run_ccot.sh.template) train with the

@@ -262,11 +262,15 @@ def generate_prosqa(n, seed, settings=PAPER):
 #
 # Algorithm 1's graphs, written for a small model: every node is a number (one token), and the question lists each
 # node's children in a slot of its own, slots in the order of the numbers, "-" where a node has fewer than
-# max_children. The steps are the edges of a shortest path from the root to the answer.
+# max_children. The steps are the nodes of a shortest path from the root to the answer, one token each.
 #
-#     question: Children: 0: 9 - - | 1: - - - | 2: 7 11 - | ... | 13: 2 - - . Is 7 or 4 reachable from 13?
-#     steps:    13 2 / 2 7 ...
+#     question: Children: 0: 9 - - | 1: - - - | 2: 7 11 - | ... | 13: 2 - - . Is 7 or 4 reachable from 13
+#     steps:    2 / 7
 #     answer:   7
+#
+# The question ends with the root, so that the root's own position writes the first step, and every written node
+# the next: one lookup of the node's own slot. A continuous thought then stands where a node would be written and
+# does that same lookup for all the nodes it holds (data.FORMATS["symbols"], recipes.PRESETS["reachability"]).
 #
 # Why slots: node v's children then sit in the same columns in every question, so that looking them up is a lookup
 # by position, which a two-layer model from scratch learns within minutes. Written as a list of edges ("13 2, 2 7,
@@ -296,12 +300,12 @@ def reachability(n, seed, exclude=frozenset(), settings=REACHABILITY):
         choices = [number[target], number[neg_target]]
         rng.shuffle(choices)  # the answer is first or second at random
         question = (f"Children: {' | '.join(f'{i}: {slot}' for i, slot in enumerate(slots))}. "
-                    f"Is {choices[0]} or {choices[1]} reachable from {number[root]}?")
+                    f"Is {choices[0]} or {choices[1]} reachable from {number[root]}")
         if question in exclude:
             continue
         records.append({
             "question": question,
-            "steps": [f" {number[a]} {number[b]}" for a, b in zip(path, path[1:])],
+            "steps": [f" {number[v]}" for v in path[1:]],
             "answer": str(number[target]),
             "idx_to_symbol": [str(i) for i in number],
             "edges": edges,

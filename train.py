@@ -67,6 +67,8 @@ def parse_args(argv=None):
     a("--start_epoch", type=int, help="first epoch: the schedule's stage is epoch // epochs_per_stage")
     a("--cot_epochs", type=int, help="epochs of a plain-CoT phase first; the method then starts from its best epoch")
     a("--pad_latent_to_max", type=parse_bool, help="beyond max_latent_stage, always max_latent_stage*c thoughts")
+    a("--markers", type=parse_bool, help="<bot> and <eot> around the thoughts (default: as the method has them; "
+                                        "--dataset reachability: false)")
     a("--uniform_prob", type=float, help="probability that a record trains at a random stage (stage mixing)")
     a("--icot_tokens_per_stage", type=int, help="icot: leading CoT tokens removed per stage")
     a("--lr", type=float, help="AdamW learning rate (the peak, with --lr_schedule cosine)")
@@ -465,14 +467,15 @@ def main(argv=None):
                 records = {split: load_dataset(cfg["dataset"], split, cfg.get("data_dir"), cfg.get("cache_dir"))[:n]
                            for split, n in split_sizes.items()}
                 tokenized, kept = tokenize(records["train"], max_latents=cfg["max_latent_stage"] * cfg["c_thought"],
-                                           method=cfg["method"])
+                                           method=cfg["method"], fmt=cfg["format"])
                 data = dict(train=tokenized, valid=records["valid"],
-                            vocabulary=vocabulary(records.values(), cfg["method"]) if cfg["init_from"] == "scratch" else None)
+                            vocabulary=vocabulary(records.values(), cfg["method"], cfg["format"])
+                            if cfg["init_from"] == "scratch" else None)
             if len(kept) < len(records["train"]):
                 print0(f"skipped {len(records['train']) - len(kept)} training records longer than the context")
             if cfg["cot_epochs"]:
                 cot = dict(cfg, method="cot", epochs=cfg["cot_epochs"], start_epoch=0, out_dir=str(Path(cfg["out_dir"]) / "cot"),
-                           format=METHODS[cfg["method"]].format)  # written as the method writes (CODI: "The answer is")
+                           format=curriculum_of(cfg).fmt)  # written as the method writes (CODI: "The answer is")
                 best_cot = train_phase(cot, data, run, preemption, trackers)
                 if best_cot is None:
                     return

@@ -407,7 +407,7 @@ def test_cli_generate(tmp_path):
 # -----------------------------------------------------------------------------
 # Reachability: ProsQA's graphs in symbols, a node's children in a slot of its own
 
-REACH = re.compile(r"Children: (.*)\. Is (\d+) or (\d+) reachable from (\d+)\?")
+REACH = re.compile(r"Children: (.*)\. Is (\d+) or (\d+) reachable from (\d+)")
 
 
 def solve_reachability(question):
@@ -437,9 +437,8 @@ def test_reachability_answers_and_steps_are_right():
         assert 3 <= hops[r["answer"]] <= 5 and len(r["steps"]) == hops[r["answer"]]  # a shortest path, 3 to 5 hops
         path = [root]
         for step in r["steps"]:
-            a, b = step.split()
-            assert step == f" {a} {b}" and a == path[-1] and b in children[a]
-            path.append(b)
+            assert step == f" {step.strip()}" and step.strip() in children[path[-1]]  # the next node, one of its children
+            path.append(step.strip())
         assert path[-1] == r["answer"]
         # The record's graph is the question's graph.
         symbols = r["idx_to_symbol"]
@@ -465,4 +464,4 @@ def test_reachability_is_deterministic_and_every_node_is_one_token():
     assert a == synthetic.reachability(50, seed=5) and a != synthetic.reachability(50, seed=6)
     for r in a:
         assert all(len(data.encode(" " + name)) == 1 for name in r["idx_to_symbol"])
-        assert all(len(data.encode(step)) == 2 for step in r["steps"])
+        assert all(len(data.encode(step)) == 1 for step in r["steps"])
