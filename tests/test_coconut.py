@@ -25,11 +25,14 @@ def records(fixtures):
 
 
 def mixed_examples(records, c_thought):
-    """Rows of different lengths at different stages, latent-free rows (stage 0, cot) among them."""
+    """Rows of different lengths at different stages, latent-free rows (stage 0, cot) among them, and a row whose
+    thoughts have no markers around them (the reachability preset's)."""
     prosqa, gsm8k = records
     cur = Curriculum(c_thought=c_thought, max_latent_stage=3)
+    bare = Curriculum(c_thought=c_thought, max_latent_stage=3, markers=False)
     return [cur.example(prosqa[0], 2), cur.example(gsm8k[1], 0), cur.example(prosqa[2], 9),
-            Curriculum(method="cot").example(gsm8k[3], 0), cur.example(gsm8k[4], 1), cur.example(prosqa[5], 3)]
+            Curriculum(method="cot").example(gsm8k[3], 0), cur.example(gsm8k[4], 1), cur.example(prosqa[5], 3),
+            bare.example(prosqa[1], 2)]
 
 
 @pytest.mark.parametrize("c_thought", [1, 2])
@@ -58,7 +61,7 @@ def test_thoughts_are_fed_back(model, records):
     with torch.no_grad():
         losses, thoughts = model(batch, return_thoughts=True)
         pause = Coconut(model.gpt, feedback=False)(batch)
-    assert thoughts.shape == (6, 3, model.gpt.config.n_embd)
+    assert thoughts.shape == (7, 3, model.gpt.config.n_embd)
     latent_rows = batch.n_latents > 0
     assert not torch.allclose(losses, pause)
     # The first thought is the last hidden state before the first latent: the <bot> position.
@@ -78,11 +81,11 @@ def test_batch_equals_rows_one_by_one(model, records):
             assert ((losses[rows == row] - alone).abs() / alone).max() <= 1e-5
 
 
-@pytest.mark.parametrize("method,pad", [("coconut", True), ("coconut", False), ("cot", True),
-                                        ("pause_as_thought", True)])
-def test_batched_generation_equals_naive(model, records, method, pad):
+@pytest.mark.parametrize("method,pad,markers", [("coconut", True, None), ("coconut", False, None), ("cot", True, None),
+                                                ("pause_as_thought", True, None), ("coconut", False, False)])
+def test_batched_generation_equals_naive(model, records, method, pad, markers):
     prosqa, gsm8k = records
-    cur = Curriculum(method=method, c_thought=2, max_latent_stage=3, pad_latent_to_max=pad)
+    cur = Curriculum(method=method, c_thought=2, max_latent_stage=3, pad_latent_to_max=pad, markers=markers)
     recs = [prosqa[0], gsm8k[1], prosqa[2], gsm8k[0], gsm8k[3]]  # gsm8k[0] has 2 steps: fewer thoughts unpadded
     prompts = [cur.prompt(r, stage) for r, stage in zip(recs, [1, 2, 4, 4, 0])]
     batch = collate(prompts, align_ends=True)

@@ -465,3 +465,17 @@ def test_reachability_is_deterministic_and_every_node_is_one_token():
     for r in a:
         assert all(len(data.encode(" " + name)) == 1 for name in r["idx_to_symbol"])
         assert all(len(data.encode(step)) == 1 for step in r["steps"])
+
+
+def test_reachability_as_the_preset_writes_it():
+    """Symbols and no markers: the root is the question's last token, a thought stands where each node would be
+    written, and the steps left follow the thoughts directly."""
+    [rec], _ = data.tokenize(synthetic.reachability(1, seed=5), fmt="symbols")
+    cur = data.Curriculum(max_latent_stage=5, format="symbols", markers=False, pad_latent_to_max=False)
+    n = len(rec.steps)
+    for stage in range(n + 1):
+        e = cur.example(rec, stage)
+        assert e.ids == rec.question + [data.LATENT] * stage + [t for s in rec.steps[stage:] for t in s] + rec.answer
+        assert e.first_latent == e.label_start - stage == len(rec.question)
+    assert cur.prompt(rec, cur.final_stage).ids == rec.question + [data.LATENT] * n  # one thought per hop
+    assert data.decode(rec.answer) == "### " + data.decode(rec.steps[-1]).strip() + "<|endoftext|>"

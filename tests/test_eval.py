@@ -223,15 +223,20 @@ def test_classify_prosqa(output, expected):
 
 # The same graph in symbols (synthetic.reachability): Tom 3, Ann 5, wumpus 0, yumpus 6, zumpus 2, dumpus 4, rompus 1.
 SYMBOLS = dict(
-    question="Children: 0: 2 - | 1: - - | 2: - - | 3: 0 6 | 4: 2 - | 5: 0 1 | 6: 4 -. Is 2 or 1 reachable from 3?",
-    steps=[" 3 0", " 0 2"], answer="2", idx_to_symbol=["3", "5", "0", "6", "2", "4", "1"],
+    question="Children: 0: 2 - | 1: - - | 2: - - | 3: 0 6 | 4: 2 - | 5: 0 1 | 6: 4 -. Is 2 or 1 reachable from 3",
+    steps=[" 0", " 2"], answer="2", idx_to_symbol=["3", "5", "0", "6", "2", "4", "1"],
     edges=GRAPH["edges"], root=0, target=4, neg_target=6)
+SYMBOLS_CURRICULUM = Curriculum(max_latent_stage=2, format="symbols", markers=False, pad_latent_to_max=False)  # the preset's
 
 
 @pytest.mark.parametrize("output, expected", [
-    ("3 0\n0 2\n### 2", "correct_path"), ("0 2\n### 2", "correct_path"), ("3 6\n6 4\n4 2\n### 2", "longer_path"),
-    ("### 2", "correct_label"), ("### 1", "incorrect_label"), ("3 6\n6 1\n### 1", "hallucination"),
-    ("5 0\n0 2\n### 2", "hallucination"), ("3 6\n6 4\n### 1", "wrong_target"),
+    (" 0 2### 2", "correct_path"), (" 2### 2", "correct_path"),  # the second after one thought
+    (" 6 4 2### 2", "longer_path"), (" 4 2### 2", "longer_path"),  # dumpus is 2 hops in, then 1 more: 3 > 2
+    ("### 2", "correct_label"), ("### 1", "incorrect_label"),
+    (" 6 1### 1", "hallucination"),  # not an edge
+    (" 5 0 2### 2", "hallucination"),  # Ann's path, not Tom's
+    (" 0 9### 2", "hallucination"),  # no such node
+    (" 6 4### 1", "wrong_target"), (" 0### 2", "wrong_target"),  # ends short of the target
 ])
 def test_classify_symbols(output, expected):
     assert classify_prosqa(output, SYMBOLS) == expected
@@ -263,14 +268,16 @@ def test_attention_probs_are_the_layers_own(gpt, tiny_gpt2_dir):
 
 
 def test_search_values(gpt):
-    curriculum = Curriculum(max_latent_stage=2)
+    curriculum = SYMBOLS_CURRICULUM
     rows = search_values(gpt, SYMBOLS, curriculum)
     assert [r["i"] for r in rows] == [1, 2]
     for r in rows:
         assert sum(r["attention"].values()) == pytest.approx(1, abs=1e-5)  # the classes and the rest: all of it
         assert all(0 < p < 1 for p in r["prob"].values() if p is not None)
-    # Thought 1 against the nodes one hop from Tom (wumpus " 0" and yumpus " 6"), computed here from its definition.
-    prompt = curriculum.prompt(tokenize([SYMBOLS])[0][0], curriculum.final_stage)
+    # Thought 1, the root's last hidden state, against the nodes one hop from Tom (wumpus " 0" and yumpus " 6"),
+    # computed here from its definition.
+    prompt = curriculum.prompt(tokenize([SYMBOLS], fmt="symbols")[0][0], curriculum.final_stage)
+    assert decode(prompt.ids[prompt.first_latent - 1:]) == " 3<|latent|><|latent|>"  # no markers, one per hop
     with torch.no_grad():
         thought = gpt(embeds=gpt.embed(torch.tensor([prompt.ids[:prompt.first_latent]])))[0, -1]
         inner = [thought @ gpt.embed(torch.tensor(encode(name)))[0] for name in (" 0", " 6")]
@@ -279,9 +286,9 @@ def test_search_values(gpt):
     assert rows[0]["inner"]["later"] is not None and rows[1]["inner"]["later"] is None  # nothing beyond 2 hops
 
 
-def naive_value(gpt, prompt, name):
-    """p(name | prompt "Every"), by the definition: each thought recomputes the whole prefix, no cache, no batch."""
-    ids = prompt.ids + encode("Every") + name
+def naive_value(gpt, prompt, name, prefix="Every"):
+    """p(name | prompt prefix), by the definition: each thought recomputes the whole prefix, no cache, no batch."""
+    ids = prompt.ids + encode(prefix) + name
     embeds = gpt.transformer.wte(torch.tensor(ids))[None]
     for p in range(prompt.n_latents):
         col = prompt.first_latent + p
@@ -303,6 +310,18 @@ def test_frontier_values(gpt, k, frontier):
         for n in nodes:
             assert 0 < n["value"] <= 1
             assert n["value"] == pytest.approx(naive_value(gpt, prompt, encode(" " + n["name"])), rel=1e-4)
+
+
+@pytest.mark.parametrize("k, frontier", [(0, {"0": (True, 1), "6": (False, 2)}), (1, {"2": (True, 0), "4": (False, 1)}),
+                                         (2, {})])
+def test_frontier_values_in_symbols(gpt, k, frontier):
+    """In symbols the step after k thoughts names a node k + 1 hops in (wumpus " 0" and yumpus " 6" after none)."""
+    nodes = frontier_values(Coconut(gpt), SYMBOLS, SYMBOLS_CURRICULUM, k)
+    assert {n["name"]: (n["on_path"], n["height"]) for n in nodes} == frontier
+    prompt = SYMBOLS_CURRICULUM.prompt(tokenize([SYMBOLS], fmt="symbols")[0][0], SYMBOLS_CURRICULUM.final_stage, k)
+    with torch.no_grad():
+        for n in nodes:
+            assert n["value"] == pytest.approx(naive_value(gpt, prompt, encode(" " + n["name"]), prefix=""), rel=1e-4)
 
 
 def test_prosqa_analysis_end_to_end(tmp_path, tiny_gpt2_dir, fixtures, prosqa, capsys):
