@@ -228,14 +228,18 @@ class Curriculum:
     def feedback(self):
         return self.spec.feedback
 
+    # A recipe's format and markers (the reachability preset's) apply to the methods that write as Coconut does;
+    # CODI and PCCoT keep their own, which their distillation needs.
     @property
     def has_markers(self):
-        return self.spec.markers if self.markers is None else self.markers
+        """Whether <bot> and <eot> stand around the latents."""
+        own = self.markers is None or self.spec.format != "coconut" or not self.spec.latents
+        return self.spec.markers if own else self.markers
 
     @property
     def fmt(self):
         """The name of the format the records are written in."""
-        return self.format or self.spec.format
+        return self.format if self.format and self.spec.format == "coconut" else self.spec.format
 
     def stage(self, epoch):
         """The scheduled stage at an epoch (0-based)."""

@@ -467,9 +467,9 @@ def main(argv=None):
                 records = {split: load_dataset(cfg["dataset"], split, cfg.get("data_dir"), cfg.get("cache_dir"))[:n]
                            for split, n in split_sizes.items()}
                 tokenized, kept = tokenize(records["train"], max_latents=cfg["max_latent_stage"] * cfg["c_thought"],
-                                           method=cfg["method"], fmt=cfg["format"])
+                                           method=cfg["method"], fmt=curriculum_of(cfg).fmt)
                 data = dict(train=tokenized, valid=records["valid"],
-                            vocabulary=vocabulary(records.values(), cfg["method"], cfg["format"])
+                            vocabulary=vocabulary(records.values(), cfg["method"], curriculum_of(cfg).fmt)
                             if cfg["init_from"] == "scratch" else None)
             if len(kept) < len(records["train"]):
                 print0(f"skipped {len(records['train']) - len(kept)} training records longer than the context")

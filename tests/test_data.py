@@ -479,3 +479,7 @@ def test_reachability_as_the_preset_writes_it():
         assert e.first_latent == e.label_start - stage == len(rec.question)
     assert cur.prompt(rec, cur.final_stage).ids == rec.question + [data.LATENT] * n  # one thought per hop
     assert data.decode(rec.answer) == "### " + data.decode(rec.steps[-1]).strip() + "<|endoftext|>"
+    # CODI and PCCoT keep their own format and markers, which their distillation needs.
+    for method in ("codi", "pccot"):
+        other = data.Curriculum(method=method, format="symbols", markers=False)
+        assert other.fmt == method and other.has_markers
