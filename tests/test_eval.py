@@ -350,7 +350,8 @@ def test_reachability_end_to_end(tmp_path, capsys):
     coconut and cot, and for coconut the search in its thoughts, with the three pictures."""
     out = tmp_path / "run"
     tiny = ["--dataset", "reachability", "--train_examples", "32", "--val_examples", "4", "--n_embd", "32",
-            "--cot_epochs", "1", "--start_epoch", "1", "--epochs", "4", "--max_latent_stage", "2", "--device", "cpu"]
+            "--cot_epochs", "1", "--start_epoch", "1", "--epochs", "4", "--epochs_per_stage", "1", "--max_latent_stage", "2",
+            "--device", "cpu"]
     train.main([*tiny, "--out_dir", str(out)])
     train.main([*tiny, "--out_dir", str(tmp_path / "cot"), "--method", "cot", "--epochs", "1", "--start_epoch", "0"])
     plots, results = tmp_path / "plots", {}
