@@ -136,8 +136,8 @@ def tokenize(records, block_size=1024, max_latents=0, method="coconut", fmt=None
 
 
 def vocabulary(splits, method="coconut", fmt=None):
-    """The token ids of every record of every split as the method (or the format fmt) writes them, and the four special ones: the rows
-    that a model from scratch needs (GPTConfig.tokens)."""
+    """The token ids of every record of every split as the method (or the format fmt) writes them, and the four
+    special ones: the rows that a model from scratch needs (GPTConfig.tokens)."""
     ids = {EOS, BOT, EOT, LATENT} | ({NEWLINE} if METHODS[method].step_targets else set())
     for records in splits:
         for t in tokenize(records, method=method, fmt=fmt)[0]:

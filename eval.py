@@ -183,6 +183,8 @@ def decode_thoughts(gpt, thoughts, counts, k):
 # output with no written step, whether its label is right.
 PROSQA_CLASSES = ("correct_path", "longer_path", "hallucination", "wrong_target", "correct_label", "incorrect_label")
 SENTENCE = re.compile(r"(?:Every )?(\S+) is an? (\S+)\.")  # "Tom is a terpus." or "Every terpus is a brimpus."
+
+
 def is_symbolic(record):
     """Whether a record is written in symbols (synthetic.reachability): its answer is the target's name alone."""
     return record["answer"] == record["idx_to_symbol"][record["target"]]
@@ -242,7 +244,7 @@ def classify_prosqa(output, record):
     if start is None and path[0] and path[0][1] is not None:  # symbols: the path starts at its first node
         start, path = path[0][1], path[1:]
     if not (all(step in edges for step in path) and all(a[1] == b[0] for a, b in zip(path, path[1:]))
-            and start in hops and (not path or path[0][0] == start)):
+            and start in hops):
         return "hallucination"
     if correct and (path[-1][1] if path else start) == record["target"]:
         return "correct_path" if hops[start] + len(path) == hops[record["target"]] else "longer_path"

@@ -466,16 +466,17 @@ def main(argv=None):
                 split_sizes = {"train": cfg["train_examples"], "valid": cfg["val_examples"], "test": None}
                 records = {split: load_dataset(cfg["dataset"], split, cfg.get("data_dir"), cfg.get("cache_dir"))[:n]
                            for split, n in split_sizes.items()}
+                fmt = curriculum_of(cfg).fmt  # the method's, or the recipe's (reachability: symbols)
                 tokenized, kept = tokenize(records["train"], max_latents=cfg["max_latent_stage"] * cfg["c_thought"],
-                                           method=cfg["method"], fmt=curriculum_of(cfg).fmt)
+                                           method=cfg["method"], fmt=fmt)
                 data = dict(train=tokenized, valid=records["valid"],
-                            vocabulary=vocabulary(records.values(), cfg["method"], curriculum_of(cfg).fmt)
+                            vocabulary=vocabulary(records.values(), cfg["method"], fmt)
                             if cfg["init_from"] == "scratch" else None)
             if len(kept) < len(records["train"]):
                 print0(f"skipped {len(records['train']) - len(kept)} training records longer than the context")
             if cfg["cot_epochs"]:
                 cot = dict(cfg, method="cot", epochs=cfg["cot_epochs"], start_epoch=0, out_dir=str(Path(cfg["out_dir"]) / "cot"),
-                           format=curriculum_of(cfg).fmt)  # written as the method writes (CODI: "The answer is")
+                           format=fmt)  # written as the method writes (CODI: "The answer is")
                 best_cot = train_phase(cot, data, run, preemption, trackers)
                 if best_cot is None:
                     return

@@ -437,7 +437,7 @@ def test_reachability_answers_and_steps_are_right():
         assert 3 <= hops[r["answer"]] <= 5 and len(r["steps"]) == hops[r["answer"]]  # a shortest path, 3 to 5 hops
         path = [root]
         for step in r["steps"]:
-            assert step == f" {step.strip()}" and step.strip() in children[path[-1]]  # the next node, one of its children
+            assert step == f" {step.strip()}" and step.strip() in children[path[-1]]  # a child of the node before
             path.append(step.strip())
         assert path[-1] == r["answer"]
         # The record's graph is the question's graph.

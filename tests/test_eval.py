@@ -226,7 +226,8 @@ SYMBOLS = dict(
     question="Children: 0: 2 - | 1: - - | 2: - - | 3: 0 6 | 4: 2 - | 5: 0 1 | 6: 4 -. Is 2 or 1 reachable from 3",
     steps=[" 0", " 2"], answer="2", idx_to_symbol=["3", "5", "0", "6", "2", "4", "1"],
     edges=GRAPH["edges"], root=0, target=4, neg_target=6)
-SYMBOLS_CURRICULUM = Curriculum(max_latent_stage=2, format="symbols", markers=False, pad_latent_to_max=False)  # the preset's
+# Laid out as the reachability preset lays it out: symbols, no markers, one thought per hop.
+SYMBOLS_CURRICULUM = Curriculum(max_latent_stage=2, format="symbols", markers=False, pad_latent_to_max=False)
 
 
 @pytest.mark.parametrize("output, expected", [
