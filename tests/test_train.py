@@ -112,6 +112,14 @@ def test_stage_schedule_and_optimizer_resets_follow_the_presets(dataset):
     assert not any(train.resets_optimizer(dict(cfg, reset_optimizer="never"), cur, e) for e in epochs)
 
 
+@pytest.mark.parametrize("baseline", ["cot", "no_cot"])
+def test_the_latent_search_baselines_train_as_many_epochs_as_coconut(baseline):
+    coconut = train.resolve_config(train.parse_args(["--dataset", "reachability"]))
+    written = train.resolve_config(train.parse_args(["--dataset", "reachability", "--method", baseline]))
+    assert written["cot_epochs"] == 0 and written["start_epoch"] == 0
+    assert written["epochs"] == coconut["cot_epochs"] + coconut["epochs"] - coconut["start_epoch"]
+
+
 def test_optimizer_reset_takes_effect(tmp_path, data_dir):
     for policy, steps in (("epoch", 3), ("never", 9)):  # 3 epochs of 3 steps
         out = tmp_path / policy
