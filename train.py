@@ -213,7 +213,13 @@ def start_or_resume(cfg, data, device):
     checkpoint in out_dir if it has one, else new."""
     latest = Path(cfg["out_dir"]) / "latest"
     if latest.exists():
-        _, state = load_state(latest)
+        saved, state = load_state(latest)
+        # Continuing with other settings (more epochs, say) is allowed, but never silent: it is no longer the run
+        # that was started.
+        changed = [f"{k} {saved[k]} -> {cfg[k]}" for k in sorted(saved.keys() & cfg.keys() - {"resume", "max_steps"})
+                   if saved[k] != cfg[k]]
+        if changed:
+            print0(f"{latest}: continuing with settings other than the checkpoint's: {', '.join(changed)}")
         gpt = load_gpt(latest, dropout=cfg["dropout"])
     else:
         state = dict(epoch=cfg["start_epoch"], step=0, stage=curriculum_of(cfg).stage(cfg["start_epoch"]),

@@ -120,6 +120,17 @@ def test_the_latent_search_baselines_train_as_many_epochs_as_coconut(baseline):
     assert written["epochs"] == coconut["cot_epochs"] + coconut["epochs"] - coconut["start_epoch"]
 
 
+def test_resuming_with_other_settings_names_them(tmp_path, data_dir, capsys):
+    args = [*TINY, "--data_dir", str(data_dir), "--out_dir", str(tmp_path), "--batch_size", "4", "--micro_batch_size", "4",
+            "--val_examples", "1", "--epochs", "1", "--max_steps", "1"]
+    train.main(args)
+    capsys.readouterr()
+    train.main([*args, "--resume"])
+    assert "continuing with settings" not in capsys.readouterr().out
+    train.main([*args, "--resume", "--epochs", "2", "--lr", "1e-3"])
+    assert "continuing with settings other than the checkpoint's: epochs 1 -> 2, lr 0.003 -> 0.001" in capsys.readouterr().out
+
+
 def test_optimizer_reset_takes_effect(tmp_path, data_dir):
     for policy, steps in (("epoch", 3), ("never", 9)):  # 3 epochs of 3 steps
         out = tmp_path / policy
