@@ -73,6 +73,9 @@ METHOD_PRESETS = {
                              max_new_tokens=64, lora_r=128, lora_token_rows=True),
     ("gsm8k", "simcot"): dict(c_thought=2, max_latent_stage=5, epochs_per_stage=3, epochs=35, start_epoch=3,
                               step_decoder_init="gpt2"),
+    # GSM8k's written baselines are its CoT phase as a run of its own: 25 epochs from epoch 0 (the authors' gsm_cot.yaml).
+    ("gsm8k", "cot"): dict(start_epoch=0),
+    ("gsm8k", "no_cot"): dict(start_epoch=0),
     # The written baselines of the latent search take as many epochs as Coconut's CoT phase and stages: 8 + 14.
     ("reachability", "cot"): dict(epochs=22, start_epoch=0),
     ("reachability", "no_cot"): dict(epochs=22, start_epoch=0),

@@ -120,6 +120,13 @@ def test_the_latent_search_baselines_train_as_many_epochs_as_coconut(baseline):
     assert written["epochs"] == coconut["cot_epochs"] + coconut["epochs"] - coconut["start_epoch"]
 
 
+@pytest.mark.parametrize("baseline", ["cot", "no_cot"])
+def test_the_gsm8k_baselines_train_the_cot_phase_from_epoch_0(baseline):
+    coconut = train.resolve_config(train.parse_args(["--dataset", "gsm8k"]))
+    written = train.resolve_config(train.parse_args(["--dataset", "gsm8k", "--method", baseline]))
+    assert written["cot_epochs"] == 0 and written["start_epoch"] == 0 and written["epochs"] == coconut["cot_epochs"] == 25
+
+
 def test_resuming_with_other_settings_names_them(tmp_path, data_dir, capsys):
     args = [*TINY, "--data_dir", str(data_dir), "--out_dir", str(tmp_path), "--batch_size", "4", "--micro_batch_size", "4",
             "--val_examples", "1", "--epochs", "1", "--max_steps", "1"]
