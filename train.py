@@ -301,6 +301,7 @@ def end_of_epoch(cfg, model, optimizer, valid, decode_step, state, stats, run, t
     if run.device.type == "cuda":  # model FLOPs utilisation of the training steps, per GPU, against its bf16 peak
         metrics["mfu"] = gpt.mfu(n_tokens / seconds / run.world, n_tokens / max(n_sequences, 1), run.device)
     state.update(epoch=epoch + 1, step=0)
+    state.pop("epoch_so_far", None)
     improved = curriculum.is_final(stage) and (state["best_accuracy"] is None or results["accuracy"] > state["best_accuracy"])
     if improved:
         state["best_accuracy"] = results["accuracy"]
@@ -342,7 +343,13 @@ def train_phase(cfg, data, run, preemption, trackers):
         if state["step"] == 0 and resets_optimizer(cfg, curriculum, epoch):
             optimizer = make_optimizer(model, cfg, run.device)
         order = random.Random(f"{cfg['seed']}-{epoch}").sample(range(len(train)), len(train))
-        t0, loss_sum, n_steps, n_tokens, n_sequences = time.time(), torch.zeros((), device=run.device), 0, 0, 0
+        # The epoch's totals: a run resumed within an epoch starts from those its checkpoint holds (all processes'
+        # together, on rank 0), so that the epoch's line in metrics.jsonl is the uninterrupted run's.
+        so_far = state.pop("epoch_so_far", None) or dict(loss=0.0, steps=0, tokens=0, sequences=0, seconds=0.0)
+        if run.rank != 0:
+            so_far = dict(so_far, loss=0.0, steps=0, tokens=0, sequences=0)
+        t0, loss_sum = time.time() - so_far["seconds"], torch.tensor(so_far["loss"], device=run.device)
+        n_steps, n_tokens, n_sequences = so_far["steps"], so_far["tokens"], so_far["sequences"]
 
         def share(step):  # this process's part of a step, built on the host while the device runs the step before
             examples, weights = step_sequences(train, order, curriculum, stage, cfg, epoch, step)
@@ -362,6 +369,10 @@ def train_phase(cfg, data, run, preemption, trackers):
             # After the epoch's last step comes its end (validation, `latest`), and a signal is looked at there.
             caught = preemption.agreed() if step + 1 < steps_per_epoch else 0
             if cfg["ckpt_every"] and steps_run % cfg["ckpt_every"] == 0 or steps_run == cfg["max_steps"] or caught:
+                here = (loss_sum.item(), n_steps if run.rank == 0 else 0, n_tokens, n_sequences, time.time() - t0)
+                totals = [sum(x) for x in zip(*gather([here]))]
+                state["epoch_so_far"] = dict(loss=totals[0], steps=totals[1], tokens=totals[2], sequences=totals[3],
+                                             seconds=totals[4] / run.world)
                 with on_every_rank():
                     if run.rank == 0:
                         save_checkpoint(out_dir, "latest", model, optimizer, cfg, state)
