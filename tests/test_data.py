@@ -447,16 +447,19 @@ def test_reachability_answers_and_steps_are_right():
         assert (symbols[r["root"]], symbols[r["target"]]) == (root, r["answer"])
     train = {r["question"] for r in splits["train"]}
     assert not any(r["question"] in train for r in splits["valid"] + splits["test"])  # held out: never trained on
-    # Search matters: the root has several children on average, and a walk that takes a random child at each step
-    # until a leaf ends at the answer in well under half of the questions.
-    rng, branches, hits = random.Random(0), [], 0
+    # Search matters: the root has several children on average, the path to the answer passes a node of two or more
+    # children in most questions, and a walk that takes a random child at each step until a leaf ends at the answer
+    # in at most half of them.
+    rng, branches, forks, hits = random.Random(0), [], 0, 0
     for r in splits["test"]:
         _, v, _, children = solve_reachability(r["question"])
         branches.append(len(children[v]))
+        forks += any(len(children[u]) > 1 for u in [v, *(step.strip() for step in r["steps"][:-1])])
         while children[v]:
             v = rng.choice(children[v])
         hits += v == r["answer"]
-    assert statistics.mean(branches) > 1.5 and hits / len(splits["test"]) < 0.5
+    n = len(splits["test"])
+    assert statistics.mean(branches) > 1.5 and forks / n > 0.8 and hits / n <= 0.5
 
 
 def test_reachability_is_deterministic_and_every_node_is_one_token():
