@@ -125,6 +125,9 @@ def resolve_config(args, world=1):
                          "adapters; train the CoT phase in a run of its own and pass its checkpoint as --init_from")
     if cfg["pccot_iterations"] < 1:
         raise ValueError(f"--pccot_iterations must be at least 1, got {cfg['pccot_iterations']}")
+    if cfg["method"] == "pccot" and not cfg["pad_latent_to_max"]:
+        raise ValueError("--method pccot computes every row's latents at once, so every row needs as many: it needs "
+                         "--pad_latent_to_max true (the recipe's is false: as many thoughts as steps)")
     if not 0 <= cfg["warmup"] < 1 or cfg["grad_clip"] < 0:
         raise ValueError(f"--warmup must be within [0, 1) and --grad_clip at least 0, got {cfg['warmup']} and {cfg['grad_clip']}")
     if not 0 <= cfg["uniform_prob"] <= 1:
