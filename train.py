@@ -354,6 +354,9 @@ def train_phase(cfg, data, run, preemption, trackers):
         t0, loss_sum = time.time() - so_far["seconds"], torch.tensor(so_far["loss"], device=run.device)
         n_steps, n_tokens, n_sequences = so_far["steps"], so_far["tokens"], so_far["sequences"]
 
+        def share_of_totals():  # this process's share of the epoch's totals; n_steps counts each step once, on rank 0
+            return loss_sum.item(), n_steps if run.rank == 0 else 0, n_tokens, n_sequences, time.time() - t0
+
         def share(step):  # this process's part of a step, built on the host while the device runs the step before
             examples, weights = step_sequences(train, order, curriculum, stage, cfg, epoch, step)
             mine = micro_batches(len(examples), run.rank, run.world, cfg["micro_batch_size"])
@@ -372,8 +375,7 @@ def train_phase(cfg, data, run, preemption, trackers):
             # After the epoch's last step comes its end (validation, `latest`), and a signal is looked at there.
             caught = preemption.agreed() if step + 1 < steps_per_epoch else 0
             if cfg["ckpt_every"] and steps_run % cfg["ckpt_every"] == 0 or steps_run == cfg["max_steps"] or caught:
-                here = (loss_sum.item(), n_steps if run.rank == 0 else 0, n_tokens, n_sequences, time.time() - t0)
-                totals = [sum(x) for x in zip(*gather([here]))]
+                totals = [sum(x) for x in zip(*gather([share_of_totals()]))]
                 state["epoch_so_far"] = dict(loss=totals[0], steps=totals[1], tokens=totals[2], sequences=totals[3],
                                              seconds=totals[4] / run.world)
                 with on_every_rank():
@@ -384,9 +386,7 @@ def train_phase(cfg, data, run, preemption, trackers):
                 if steps_run == cfg["max_steps"]:
                     print0(f"stopped after {steps_run} steps (--max_steps); --resume continues")
                     return None
-        # Every process's share of the loss; n_steps counts each step once, on rank 0.
-        stats = (loss_sum.item(), n_steps if run.rank == 0 else 0, n_tokens, n_sequences, time.time() - t0)
-        end_of_epoch(cfg, model, optimizer, data["valid"], decode_step, state, stats, run, trackers)
+        end_of_epoch(cfg, model, optimizer, data["valid"], decode_step, state, share_of_totals(), run, trackers)
         if caught := preemption.agreed(wait=True):
             stop(caught, state)
     return out_dir / "best"
