@@ -114,6 +114,10 @@ class Coconut(nn.Module):
             raise ValueError(f"{file}: not a readable checkpoint file ({e})") from e
         if not ours <= set(extras):
             raise ValueError(f"{file}: no {sorted(ours - set(extras))[:3]}: the checkpoint of another method")
+        shapes = {k: v.shape for k, v in self.state_dict().items()}
+        for k in sorted(ours):
+            if extras[k].shape != shapes[k]:
+                raise ValueError(f"{file}: {k} has shape {tuple(extras[k].shape)}, this model's {tuple(shapes[k])}")
         self.load_state_dict({k: extras[k] for k in ours}, strict=False)
 
     @torch.no_grad()
@@ -137,7 +141,7 @@ class Coconut(nn.Module):
         tokens = torch.full((B, L), EOS, dtype=torch.long, device=device)
         tokens[:, :T] = batch.ids
         h, start, thoughts = self.prefill(batch, cache)  # (B, C) hidden state of column start-1
-        next_token = gpt.ids(gpt.logits(h).argmax(-1))  # (B,)
+        next_token = self.greedy(h)  # (B,)
         columns = torch.arange(L, device=device)  # step inputs are slices of it: no host-to-device copy per step
         n_generated = torch.zeros(B, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)  # reached EOS
@@ -180,7 +184,11 @@ class Coconut(nn.Module):
         """One column for every row: input a thought (h) or a token; return the new h (B, C) and greedy token."""
         x = torch.where(is_thought[:, None], self.thought(h), self.gpt.embed(token))[:, None]  # (B, 1, C)
         h = self.gpt(embeds=x, pos=pos, cache=cache, input_pos=input_pos)[:, 0]
-        return h, self.gpt.ids(self.gpt.logits(h).argmax(-1))
+        return h, self.greedy(h)
+
+    def greedy(self, h):
+        """The greedy choice of token (B,) after final hidden states h (B, C)."""
+        return self.gpt.ids(self.gpt.logits(h).argmax(-1))
 
     def compiled(self, backend="inductor"):
         """forward under torch.compile, for training: every pass of the loop in one graph, so that AOTAutograd makes

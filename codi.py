@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from coconut import Coconut, token_losses
+from data import EOT
 
 
 class SelfDistillation(Coconut):
@@ -62,6 +63,12 @@ class CODI(SelfDistillation):
 
     def thought(self, h):
         return self.projection(h)
+
+    def greedy(self, h):
+        """The authors' generation leaves <eot> (the last row of their vocabulary) out of the greedy choice."""
+        logits = self.gpt.logits(h)  # (B, vocab)
+        eot = self.gpt.rows(torch.tensor([EOT], device=h.device))
+        return self.gpt.ids(logits.index_fill(-1, eot, -torch.inf).argmax(-1))
 
     def teacher_targets(self, t, states):
         """CODI's targets come from a second teacher pass under no_grad, as the authors' code does: with other

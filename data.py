@@ -290,20 +290,23 @@ class Curriculum:
             example.distill = (len(ids) - len(rec.answer) + rec.distill_at,
                                len(rec.question) + len(rec.teacher_steps) + rec.distill_at)
         if self.spec.step_targets:
-            example.step_targets = self.step_targets(rec, n // self.c_thought)
+            example.step_targets = self.step_targets(rec, stage, n // self.c_thought)
         return example
 
-    def step_targets(self, rec, groups):
-        """SIM-CoT (InternLM/SIM-CoT, Coconut/coconut.py): what each of `groups` groups of latents is decoded into.
-        Group i writes step i; the last group of the schedule (max_latent_stage) writes all the steps left, joined by
-        "\n"; a group with no step left writes the answer ("### X"). Each ends with EOS."""
+    def step_targets(self, rec, stage, groups):
+        """SIM-CoT (InternLM/SIM-CoT, Coconut/dataset.py and coconut.py): what each of `groups` groups of latents is
+        decoded into at a stage. The targets are the steps the stage removed (the first `stage`; every step only at
+        the final stage), steps without tokens left out; group i writes step i, and the last group of the schedule
+        (max_latent_stage) writes every removed step from its own on, joined by "\n", which is more than one only at
+        the final stage. A group with no removed step left writes the answer ("### X"). Each ends with EOS."""
+        removed = [s for s in (rec.step_ids if stage > self.max_latent_stage else rec.step_ids[:stage]) if s]
         last = self.max_latent_stage - 1
         targets = []
         for i in range(groups):
-            if i < min(last, len(rec.step_ids)):
-                target = rec.step_ids[i]
-            elif i == last and len(rec.step_ids) > last:
-                target = [t for j, s in enumerate(rec.step_ids[last:]) for t in ([NEWLINE] if j else []) + s]
+            if i < min(last, len(removed)):
+                target = removed[i]
+            elif i == last and len(removed) > last:
+                target = [t for j, s in enumerate(removed[last:]) for t in ([NEWLINE] if j else []) + s]
             else:
                 target = rec.answer[:-1]
             targets.append(target + [EOS])

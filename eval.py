@@ -29,8 +29,9 @@ import torch.distributed as dist
 from codi import CODI
 from coconut import Coconut, load_gpt, naive_thoughts
 from pccot import PCCoT
-from simcot import SimCoT
+from simcot import SimCoT, step_decoder as simcot_step_decoder
 from common import gather, load_state, one_line_errors, parse_bool, print0, progress_bar, setup
+from gpt import GPT
 from data import BOT, EOS, EOT, FORMATS, LATENT, METHODS, SPLITS, Example, collate, decode, encode, load_dataset, tokenize
 from lora import add_lora
 from recipes import DEFAULT_DATASET, DEFAULTS, PRESETS, curriculum as curriculum_of, recipe
@@ -72,10 +73,7 @@ def build_model(cfg, gpt, path=None, training=False):
 
 def step_decoder(cfg, gpt):
     """SIM-CoT's step decoder as a run starts: a GPT-2 (step_decoder_init), or else a copy of the model as it starts."""
-    import copy
-    if cfg.get("step_decoder_init"):
-        return load_gpt(cfg["step_decoder_init"], cfg["new_token_init"], cfg["dropout"])
-    return copy.deepcopy(gpt)
+    return simcot_step_decoder(GPT.from_pretrained(cfg["step_decoder_init"]) if cfg.get("step_decoder_init") else gpt)
 
 
 # -----------------------------------------------------------------------------------------------------------

@@ -4,21 +4,28 @@ the authors' code: github.com/InternLM/SIM-CoT, Coconut/coconut.py, CoconutGPT_S
 delta on coconut.py: Coconut's curriculum and loop, plus an auxiliary step decoder in training only.
 
 The step decoder is a separate GPT (initialised as the model starts: from GPT-2's weights, or the same random
-init from scratch). For each group of c_thought thoughts it reads those thoughts, then the tokens of the step
-they replace (embedded by the model's own token embedding), and is trained to write that step, then EOS
-(positions from 1, as in the authors' code). Group i writes step i; the last group of the schedule
-(max_latent_stage) writes all the steps left, joined by "\\n"; a group with no step left writes "### X"
-(data.Curriculum.step_targets). Its loss is each step's summed token cross-entropy, averaged over the steps
-(the authors': the mean over groups of the mean over rows), added to Coconut's. Gradients reach the thoughts,
-so the whole chain. Generation is Coconut's: the decoder is not used at inference.
+init from scratch), with GPT-2's vocabulary: no rows for <bot>, <eot> and <latent>, which it never writes (the
+authors' decoder is GPT-2 itself, never resized). For each group of c_thought thoughts it reads those thoughts,
+then the tokens of the step they replace (embedded by the model's own token embedding), and is trained to write
+that step, then EOS (positions from 1, as in the authors' code). The targets are the steps that the stage removed:
+group i writes step i, the last group of the schedule (max_latent_stage) also the steps after its own, joined by
+"\\n", which happens only at the final stage, when every step is removed; a group with no step left writes "### X"
+(data.Curriculum.step_targets). Its loss is each step's summed token cross-entropy, averaged over the steps (the
+authors': the mean over groups of the mean over rows), added to Coconut's. Gradients reach the thoughts, so the
+whole chain. The decoder trains in eval mode, without dropout, as the authors' does (their train() switches the
+base model only). Generation is Coconut's: the decoder is not used at inference.
 
-    model = SimCoT(load_gpt("gpt2"), load_gpt("gpt2"))
+    model = SimCoT(load_gpt("gpt2"), step_decoder(load_gpt("gpt2")))
     losses = model(data.collate(examples))   # (N + M,): Coconut's token losses, then each decoded step's
 """
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
 from coconut import Coconut, token_losses
+from data import BOT, EOT, LATENT
+from gpt import GPT
 
 
 class SimCoT(Coconut):
@@ -26,6 +33,12 @@ class SimCoT(Coconut):
     def __init__(self, gpt, decoder):
         super().__init__(gpt, feedback=True)
         self.decoder = decoder
+
+    def train(self, mode=True):
+        """The step decoder stays in eval mode: no dropout in it, as in the authors' code."""
+        super().train(mode)
+        self.decoder.eval()
+        return self
 
     def forward(self, batch, return_thoughts=False):
         """Per-item losses: Coconut's supervised tokens (N,), then each decoded step's summed cross-entropy (M,)."""
@@ -51,6 +64,23 @@ class SimCoT(Coconut):
         ce = F.cross_entropy(logits.float(), self.decoder.rows(steps.targets), reduction="none")
         return torch.zeros(M, device=ce.device, dtype=ce.dtype).index_add(0, steps.items, ce)
 
+
+def step_decoder(gpt):
+    """The step decoder as a run starts: a copy of a GPT (GPT-2, or the model from scratch) without the rows of
+    <bot>, <eot> and <latent>, so that its softmax is over GPT-2's tokens only."""
+    ids = gpt.config.tokens or list(range(gpt.config.vocab_size))
+    keep = [row for row, token in enumerate(ids) if token not in (BOT, EOT, LATENT)]
+    config = dataclasses.replace(gpt.config, vocab_size=len(keep),
+                                 tokens=[ids[row] for row in keep] if gpt.config.tokens else None)
+    state = gpt.state_dict()
+    state["transformer.wte.weight"] = state["transformer.wte.weight"][keep]
+    decoder = GPT(config).to(gpt.transformer.wte.weight.device)
+    decoder.load_state_dict(state)
+    return decoder
+
+
+# -----------------------------------------------------------------------------------------------------------
+# The definition, computed the slow way.
 
 def naive_step_loss(decoder, gpt, thoughts, target):
     """One step's loss, from its definition: the decoder reads the thoughts (1, c, C) and the target's tokens,

@@ -17,7 +17,7 @@ from coconut import Coconut
 from data import Curriculum, collate, tokenize
 from conftest import gpt_with_latent_tokens
 from pccot import PCCoT, naive_latents
-from simcot import SimCoT, naive_step_loss
+from simcot import SimCoT, naive_step_loss, step_decoder
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_pccot_generates_as_it_trains(gpt, records):
 
 def test_simcot_loss_equals_its_definition(gpt, records):
     torch.manual_seed(2)
-    model = SimCoT(copy.deepcopy(gpt), copy.deepcopy(gpt))
+    model = SimCoT(copy.deepcopy(gpt), step_decoder(gpt))
     cur = Curriculum(method="simcot", c_thought=2, max_latent_stage=3)
     tokenized = tokenize(records, method="simcot")[0]
     # Stages 1, 2, 3 and the final one, a CoT row: steps merged into the last group, and "### X" for missing ones
@@ -154,6 +154,111 @@ def test_simcot_loss_equals_its_definition(gpt, records):
                         for g, target in enumerate(e.step_targets)]
     naive = torch.cat(naive_tokens).mean() + torch.stack(naive_steps).mean()
     check_gradients(model, fast_total(losses, examples), naive)
+
+
+def released_step_targets(steps_tokenized, after_eot, stage, max_latent_stage, groups_of_row):
+    """SIM-CoT's step targets as the authors' code builds them (InternLM/SIM-CoT, Coconut/dataset.py
+    get_cot_with_explainable_latent_dataset, and Coconut/coconut.py CoconutGPT_Same_Word_Embedding.forward), written
+    out for one row: the removed steps' tokens ("\\n" included), scanned for "<<" ... ">>" spans; fewer than
+    max_latent_stage spans padded to the row's groups with what follows <eot> (up to EOS); the spans from the
+    max_latent_stage-th on merged, "\\n" between them; EOS after each."""
+    start, end = data.encode("<<")[0], data.encode(">>")[0]
+    n_skip_steps = 10000 if stage > max_latent_stage else stage
+    flat = [t for step in steps_tokenized[:n_skip_steps] for t in step]
+    groups, i = [], 0
+    while i < len(flat):
+        if flat[i] == start:
+            group = [start]
+            i += 1
+            while i < len(flat):
+                group.append(flat[i])
+                if flat[i] == end:
+                    break
+                i += 1
+            groups.append(group)
+        else:
+            i += 1
+    if len(groups) < max_latent_stage and after_eot:
+        while len(groups) < groups_of_row:
+            groups.append(after_eot)
+    united, combined = [], []
+    for count, group in enumerate(groups, 1):
+        if count <= max_latent_stage - 1:
+            united.append(group + [data.EOS])
+        else:
+            if combined and combined[-1] == end and group[0] == start:
+                combined.append(data.NEWLINE)
+            combined.extend(group)
+    if combined:
+        united.append(combined + [data.EOS])
+    return united
+
+
+@pytest.mark.parametrize("max_latent_stage, pad", [(2, True), (3, True), (3, False)])
+def test_simcot_step_targets_are_the_released_codes(fixtures, max_latent_stage, pad):
+    """At every stage, records with more steps than max_latent_stage among them (whose last group writes one step
+    at stage max_latent_stage, and the rest merged only at the final stage), and records without steps."""
+    records = data.load_dataset("gsm8k", "test", data_dir=fixtures / "gsm8k")
+    cur = Curriculum(method="simcot", c_thought=2, max_latent_stage=max_latent_stage, pad_latent_to_max=pad)
+    tokenized = tokenize(records, method="simcot")[0]
+    assert any(len(t.steps) > max_latent_stage + 1 for t in tokenized) and any(t.step_ids == [[]] for t in tokenized)
+    for t in tokenized:
+        for stage in range(cur.final_stage + 2):
+            e = cur.example(t, stage)
+            after_eot = e.ids[e.label_start:-1]  # what follows <eot>, up to EOS
+            assert e.step_targets == released_step_targets(t.steps, after_eot, stage, max_latent_stage,
+                                                           e.n_latents // cur.c_thought), (t.steps, stage)
+
+
+def test_simcot_step_decoder_is_gpt2s_vocabulary_without_dropout(gpt, records):
+    """The decoder has GPT-2's rows only (none for the latent tokens), for GPT-2 and for a vocabulary of its own,
+    and stays in eval mode while the model trains: with dropout in the GPT, its step losses do not vary."""
+    decoder = step_decoder(gpt)
+    assert decoder.config.vocab_size == data.EOS + 1
+    assert torch.equal(decoder.transformer.wte.weight, gpt.transformer.wte.weight[:data.EOS + 1])
+    from coconut import load_gpt
+    scratch = load_gpt("scratch", tokens=[5, 9, data.EOS, data.BOT, data.EOT, data.LATENT], n_layer=1, n_head=2, n_embd=8)
+    small = step_decoder(scratch)
+    assert small.config.tokens == [5, 9, data.EOS] and torch.equal(small.transformer.wte.weight,
+                                                                    scratch.transformer.wte.weight[:3])
+    noisy = copy.deepcopy(gpt)
+    for m in noisy.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.5
+    model = SimCoT(noisy, step_decoder(gpt)).train()
+    decoder_noisy = copy.deepcopy(model.decoder)
+    for m in decoder_noisy.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.5
+    model.decoder = decoder_noisy
+    model.train()
+    assert model.gpt.training and not any(m.training for m in model.decoder.modules())
+    cur = Curriculum(method="simcot", c_thought=2, max_latent_stage=3)
+    batch = collate([cur.example(t, 4) for t in tokenize(records, method="simcot")[0]])
+    with torch.no_grad():
+        thoughts = model(batch, return_thoughts=True)[1]
+        assert torch.equal(model.step_losses(thoughts, batch.steps), model.step_losses(thoughts, batch.steps))
+
+
+def test_simcot_checkpoint_of_another_decoder_is_one_line(tmp_path, gpt):
+    """A checkpoint whose step decoder has other shapes (one with the latent tokens' rows) is refused in one line."""
+    SimCoT(copy.deepcopy(gpt), copy.deepcopy(gpt)).save(tmp_path)
+    with pytest.raises(ValueError, match=r"extras.safetensors: decoder.transformer.wte.weight has shape \(50260, 32\)"):
+        SimCoT(copy.deepcopy(gpt), step_decoder(gpt)).load_extras(tmp_path)
+
+
+def test_codi_leaves_eot_out_of_the_greedy_choice(gpt):
+    """CODI's generation, as the authors' test.py: the argmax over every row but <eot>'s (Coconut's: over all)."""
+    torch.manual_seed(0)
+    h = torch.randn(3, gpt.config.n_embd)
+    boosted = copy.deepcopy(gpt)
+    with torch.no_grad():
+        boosted.transformer.wte.weight[data.EOT] = 10 * h[0] / h[0].norm()
+    logits = boosted.logits(h)
+    assert Coconut(boosted).greedy(h)[0] == data.EOT
+    without = torch.cat([logits[:, :data.EOT], logits[:, data.EOT + 1:]], dim=1).argmax(-1)
+    expected = without + (without >= data.EOT).long()
+    assert torch.equal(CODI(boosted).greedy(h), expected) and data.EOT not in CODI(boosted).greedy(h).tolist()
 
 
 # -----------------------------------------------------------------------------------------------------------
