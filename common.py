@@ -125,9 +125,14 @@ def gather(items):
 
 
 def progress_bar(iterable, desc):
-    """A progress bar on rank 0's terminal."""
+    """A progress bar on rank 0's terminal; none when the output goes to a file (a log wants lines, not redraws)."""
     from tqdm import tqdm
-    return tqdm(iterable, desc=desc, leave=False, disable=rank() != 0)
+    return tqdm(iterable, desc=desc, leave=False, disable=rank() != 0 or not sys.stderr.isatty())
+
+
+def to_terminal():
+    """Whether this process's progress goes to a terminal (bars), rather than to a file (lines)."""
+    return sys.stderr.isatty()
 
 
 def prefetch(items):

@@ -9,6 +9,8 @@ A record is {"question": str, "steps": [str, ...], "answer": str}; ProsQA record
 Check a split (downloads into ~/.cache/coconut, or $COCONUT_DATA_DIR, on first use):
     python data.py --dataset gsm8k --split test
     python data.py --dataset prosqa --split valid --data_dir DIR
+Write a split as JSON, the format --data_dir reads (a test set of one's own is a file like it):
+    python data.py --dataset reachability --split test --out DIR/reachability_test.json
 Generate ProsQA-style questions (the paper's Algorithm 1) and compare their graphs with the paper's:
     python data.py --generate paper --n 500 --seed 0 --out prosqa_paper.json
     python data.py --generate small --n 8000 --seed 0 --out prosqa_small.json   # or: large
@@ -445,7 +447,12 @@ SOURCES = {
                          "82ddc0afe6ee30eb31bb16fa208e293e55278a20fa987098d48519cae7e12680"),
 }
 DATASETS = ("gsm8k", "prosqa", "prontoqa", *GENERATED)
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "valid", "test", "test+1", "test+2")  # test+k: k steps longer than training (synthetic.py)
+
+
+def splits(name):
+    """The splits a dataset has: every one for a generated dataset that has them, train, valid and test otherwise."""
+    return tuple(GENERATED[name][1]) if name in GENERATED else SPLITS[:3]
 PRONTOQA_HELP = ("ProntoQA has no hosted copy: generate it with the ProntoQA authors' generator "
                  "(github.com/asaparov/prontoqa; 5 hops, fictional ontology, random ordering) "
                  "and pass the folder holding {filename} as --data_dir")
@@ -486,16 +493,29 @@ def download(url, dest, sha256=None):
 # Loading and checking the files
 
 
+def file_name(name, split):
+    """The name of a split's file: GSM8k-Aug's as its authors name them, the others as ProsQA's."""
+    return f"{split}.txt" if name == "gsm8k" else f"{name}_{split}.json"
+
+
 def load_dataset(name, split, data_dir=None, cache_dir=None):
-    """The records of one split. data_dir: read its files only. Otherwise the cache folder
-    (cache_dir, else $COCONUT_DATA_DIR, else ~/.cache/coconut), downloading what is missing."""
+    """The records of one split. data_dir: read its file (file_name) only, for every dataset, generated ones included.
+    Otherwise a generated dataset is generated, and the others are read from the cache folder (cache_dir, else
+    $COCONUT_DATA_DIR, else ~/.cache/coconut), downloading what is missing."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
-    if name in GENERATED:
+    if split not in splits(name):
+        longer = [n for n in GENERATED if split in splits(n)]
+        raise DataError(f"{name} has no split {split!r}: the test sets past the training length are generated, for "
+                        f"{' and '.join(longer)}")
+    if name in GENERATED and cache_dir is not None:
+        raise DataError(f"{name} is generated, not downloaded: it has no cache (--cache_dir); to read its splits from "
+                        f"files, pass their folder as --data_dir ({file_name(name, split)})")
+    if name in GENERATED and data_dir is None:
         return generated(name, split)
-    filename = f"{split}.txt" if name == "gsm8k" else f"{name}_{split}.json"
+    filename = file_name(name, split)
     if data_dir is not None:
         path = Path(data_dir) / filename
         if not path.is_file():
@@ -601,18 +621,22 @@ def main(argv=None):
     parser.add_argument("--cache_dir", help="download cache (default $COCONUT_DATA_DIR or ~/.cache/coconut)")
     parser.add_argument("--n", type=int, default=500, help="number of records to generate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generator")
-    parser.add_argument("--out", help="JSON file the generated records are written to")
+    parser.add_argument("--out", help="JSON file the records are written to: generated ones, or --dataset's split in the "
+                                      "format that --data_dir reads (to edit, or to make a test set of one's own)")
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be at least 1")
     try:
+        if args.dataset == "gsm8k" and args.out:
+            raise DataError("--out writes JSON, and GSM8k-Aug's files are text: copy them instead")
         if args.dataset:
             records = load_dataset(args.dataset, args.split, args.data_dir, args.cache_dir)
         else:
             records = generate_prosqa(args.n, args.seed, {"paper": PAPER, "small": SMALL, "large": LARGE}[args.generate])
-            if args.out:
-                Path(args.out).write_text(json.dumps(records))
-                print(f"wrote {len(records)} records to {args.out}")
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(records))
+            print(f"wrote {len(records)} records to {args.out}")
         print("\n".join(summarize(records)))
     except (DataError, OSError) as e:
         sys.exit(f"error: {e}")

@@ -16,6 +16,7 @@ them. With --init_from the dataset's recipe (recipes.py) stands in for the run's
 """
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -30,6 +31,7 @@ from codi import CODI
 from coconut import Coconut, load_gpt, naive_thoughts
 from pccot import PCCoT
 from simcot import SimCoT, step_decoder as simcot_step_decoder
+from softthinking import Settings as SoftSettings, SoftThinking
 from common import gather, load_state, one_line_errors, parse_bool, print0, progress_bar, setup
 from gpt import GPT
 from data import BOT, EOS, EOT, FORMATS, LATENT, METHODS, SPLITS, Example, collate, decode, encode, load_dataset, tokenize
@@ -134,7 +136,10 @@ def answer(model, prompts, max_new_tokens, step=None, device="cpu", autocast=con
         out = model.generate(batch, max_new_tokens, step=step)
     answers = [dict(output=decode(ids, skip_special=True), n_tokens=n, generated_ids=ids)
                for ids, n in zip(out.tokens, out.n_tokens)]
-    if probe_topk:  # out.thoughts holds none without feedback: pause tokens are no thoughts
+    if getattr(out, "concepts", None) is not None:  # Soft Thinking: its thoughts are the concept tokens read back
+        for a, concepts in zip(answers, out.concepts):
+            a["thoughts"] = [[dict(token=decode([t]), p=w) for t, w in zip(ids, weights)] for ids, weights in concepts]
+    elif probe_topk:  # out.thoughts holds none without feedback: pause tokens are no thoughts
         with autocast:
             decoded = decode_thoughts(model.gpt, out.thoughts, [p.n_latents for p in prompts], probe_topk)
         for a, thoughts in zip(answers, decoded):
@@ -547,6 +552,10 @@ def parse_args(argv=None):
     a("--probe", action="store_true", help="decode every continuous thought with the LM head: top tokens and probabilities")
     a("--probe_topk", type=int, default=5, help="with --probe: tokens listed per thought")
     a("--question", help="instead: answer this question of one's own, and decode each of its thoughts")
+    a("--soft_thinking", action="store_true", help="generate with Soft Thinking (softthinking.py): a CoT model reads back "
+      "mixtures of token embeddings while it reasons")
+    for f in dataclasses.fields(SoftSettings):
+        a(f"--soft_{f.name}", type=type(f.default), default=f.default, help=f"with --soft_thinking (default {f.default})")
     a("--prosqa_analysis", action="store_true", help="instead: the paper's §5 on ProsQA, output classes and frontier values "
       "for k = 0..max thoughts; on --dataset reachability also the search in the thoughts")
     a("--plot_dir", help="with --prosqa_analysis: draw prosqa.png (and thoughts.png, attention.png) here (needs matplotlib)")
@@ -563,21 +572,28 @@ def resolve_config(args, run, state):
     method = args.method or run.get("method", DEFAULTS["method"])
     cfg = {**recipe(dataset, method), **run, "data_dir": None, "cache_dir": None, **given, "dataset": dataset}
     cfg["model"] = args.ckpt or args.init_from
-    if args.stage is None:  # the checkpoint's stage; else the final stage, or cot's only one
-        cfg["stage"] = state.get("stage", 0 if cfg["method"] == "cot" else cfg["max_latent_stage"] + 1)
+    if args.stage is None:  # the checkpoint's stage (its final stage: the final stage now); else the final one, or cot's
+        final = cfg["max_latent_stage"] + 1
+        saved = state.get("stage")
+        at_final = saved is not None and saved > run.get("max_latent_stage", cfg["max_latent_stage"])
+        cfg["stage"] = ((0 if cfg["method"] == "cot" else final) if saved is None else
+                        final if at_final and METHODS[cfg["method"]].latents else saved)
     for key in ("eval_batch_size", "max_new_tokens", "max_examples", "probe_topk"):
         if cfg.get(key) is not None and cfg[key] < 1:
             raise ValueError(f"--{key.removeprefix('eval_')} must be at least 1, got {cfg[key]}")
     for key in ("stage", "num_latents"):
         if cfg.get(key) is not None and cfg[key] < 0:
             raise ValueError(f"--{key} must be at least 0, got {cfg[key]}")
+    if args.soft_thinking and METHODS[cfg["method"]].latents:
+        raise ValueError(f"--soft_thinking reads back concept tokens where a chain of thought writes its steps: it runs on "
+                         f"a model without latents (--method cot), not on method {cfg['method']}")
     if args.num_latents is not None and not METHODS[cfg["method"]].latents:
         with_latents = ", ".join(m for m, spec in METHODS.items() if spec.latents)
         raise ValueError(f"method {cfg['method']} has no latents to force (--num_latents): use one of {with_latents}")
     return cfg
 
 
-SETTINGS = ("model", "dataset", "split", "max_examples", "method", "stage", "c_thought", "max_latent_stage",
+SETTINGS = ("model", "dataset", "split", "max_examples", "method", "soft_thinking", "stage", "c_thought", "max_latent_stage",
             "pad_latent_to_max", "num_latents", "max_new_tokens", "eval_batch_size", "device", "dtype")
 
 
@@ -638,6 +654,8 @@ def main(argv=None):
         device, autocast, rank, world = setup(cfg["device"], cfg["dtype"])
         gpt = load_gpt(args.ckpt or args.init_from, args.new_token_init, dropout=0.0)  # a broken one fails before a download
         model = build_model(cfg, gpt.to(device), args.ckpt)
+        if args.soft_thinking:
+            model = SoftThinking(gpt, SoftSettings(**{f.name: cfg[f"soft_{f.name}"] for f in dataclasses.fields(SoftSettings)}))
         step = model.compiled_step() if args.compile else None
         settings = {**{k: cfg.get(k) for k in SETTINGS}, "device": str(device)}
         run_args = dict(step=step, device=device, autocast=autocast)

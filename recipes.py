@@ -15,7 +15,7 @@ DEFAULTS = dict(
     loss_group=32,           # the loss is the mean over groups of this many sequences of each group's token mean
     reset_optimizer="epoch",  # the authors' code re-creates AdamW every epoch (the paper says every stage)
     pad_latent_to_max=True, uniform_prob=0.0, icot_tokens_per_stage=8, start_epoch=0, cot_epochs=0,
-    eval_batch_size=64, train_examples=None, val_examples=None,
+    eval_batch_size=64, train_examples=None, val_examples=None, test_examples=None,
     lr_schedule="constant",  # or "cosine": from lr to 0 over the run, after a linear warm-up from 0
     warmup=0.0,              # the warm-up's share of the run's steps
     grad_clip=0.0,           # clip the gradient's norm to this (0: never)
@@ -41,7 +41,8 @@ PRESETS = {
     # yet all (README, "Why stage mixing 0.5").
     "shellgame": dict(init_from="scratch", n_layer=2, n_head=4, n_embd=128, dropout=0.0, lr=5e-4,
                       batch_size=32, micro_batch_size=32, reset_optimizer="never", uniform_prob=0.5,
-                      c_thought=1, max_latent_stage=4, epochs_per_stage=2, epochs=15, max_new_tokens=32),
+                      c_thought=1, max_latent_stage=4, epochs_per_stage=2, epochs=15, max_new_tokens=32,
+                      icot_tokens_per_stage=5),  # iCoT removes a step's worth of tokens a stage, as Coconut a step
     # Three-hop questions from one fixed ontology (synthetic.py) in ProsQA's format.
     "ontology": dict(init_from="scratch", n_layer=2, n_head=4, n_embd=128, dropout=0.0, lr=2e-3,
                      c_thought=1, max_latent_stage=3, epochs_per_stage=2, epochs=10, max_new_tokens=32,
@@ -54,7 +55,7 @@ PRESETS = {
                          batch_size=32, micro_batch_size=32, reset_optimizer="never", uniform_prob=0.3,
                          format="symbols", markers=False, pad_latent_to_max=False,
                          c_thought=1, max_latent_stage=5, epochs_per_stage=2, epochs=16, max_new_tokens=24,
-                         cot_epochs=8, start_epoch=2),
+                         cot_epochs=8, start_epoch=2, icot_tokens_per_stage=1),
 }
 # The methods that followed, on GSM8k-Aug with GPT-2, as their papers and released scripts train them. CODI
 # (zhenyi4/codi scripts/train_gpt2_gsm8k-aug.sh) and PCCoT (whyNLP/PCCoT run_ccot.sh.template) train with the
@@ -79,6 +80,8 @@ METHOD_PRESETS = {
     # The written baselines of the latent search take as many epochs as Coconut's CoT phase and stages: 8 + 14.
     ("reachability", "cot"): dict(epochs=22, start_epoch=0),
     ("reachability", "no_cot"): dict(epochs=22, start_epoch=0),
+    # PCCoT computes every row's latents at once, so every row needs as many: as many as the longest path's hops.
+    ("reachability", "pccot"): dict(pad_latent_to_max=True),
 }
 DEFAULT_DATASET = "shellgame"
 CURRICULUM_FIELDS = [f.name for f in dataclasses.fields(Curriculum)]

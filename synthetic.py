@@ -6,6 +6,7 @@ returns records in the format of every dataset here: {"question": str, "steps": 
     python data.py --dataset shellgame --split test     # a generated dataset, summarized
     python data.py --generate paper --n 500 --out prosqa_paper.json
 """
+import dataclasses
 import functools
 import math
 import random
@@ -396,20 +397,27 @@ def generate_ontology(n, seed, exclude=frozenset()):
 
 # -----------------------------------------------------------------------------
 # The generated datasets: each split is a function of its seed; held-out splits exclude every training question.
+# "test+1" and "test+2" are test sets one and two steps longer than training, their questions otherwise alike (the
+# shell game with 5 and 6 swaps; reachability with answers 6 and 7 hops away, fewer of the latter, which Algorithm 1
+# makes rarely: a few seconds a question): does a loop of thoughts trained on 4 steps run a fifth?
 
-GENERATED = {  # name -> (generator of (n, seed, exclude), {split: (records, seed)})
-    "shellgame": (shell_game, {"train": (8000, 1), "valid": (200, 2), "test": (500, 3)}),
-    "ontology": (generate_ontology, {"train": (3000, 1), "valid": (200, 2), "test": (500, 3)}),
-    "reachability": (reachability, {"train": (8000, 1), "valid": (300, 2), "test": (500, 3)}),
+GENERATED = {  # name -> (generator of (n, seed, exclude, **settings), {split: (records, seed, settings)})
+    "shellgame": (shell_game, {"train": (8000, 1, {}), "valid": (200, 2, {}), "test": (500, 3, {}),
+                               "test+1": (500, 4, dict(swaps=5)), "test+2": (500, 5, dict(swaps=6))}),
+    "ontology": (generate_ontology, {"train": (3000, 1, {}), "valid": (200, 2, {}), "test": (500, 3, {})}),
+    "reachability": (reachability, {
+        "train": (8000, 1, {}), "valid": (300, 2, {}), "test": (500, 3, {}),
+        "test+1": (500, 4, dict(settings=dataclasses.replace(REACHABILITY, min_hops=6, max_hops=6))),
+        "test+2": (200, 5, dict(settings=dataclasses.replace(REACHABILITY, min_hops=7, max_hops=7)))}),
 }
 
 
 @functools.lru_cache(maxsize=None)
 def _generated(name, split):
-    generate, sizes = GENERATED[name]
-    n, seed = sizes[split]
+    generate, splits = GENERATED[name]
+    n, seed, settings = splits[split]
     exclude = frozenset() if split == "train" else frozenset(r["question"] for r in _generated(name, "train"))
-    return tuple(generate(n, seed, exclude))
+    return tuple(generate(n, seed, exclude, **settings))
 
 
 def generated(name, split):

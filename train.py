@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from coconut import load_gpt
 from common import (Preemption, gather, load_optimizer, load_state, on_every_rank, one_line_errors, parse_bool, prefetch,
-                    print0, progress_bar, save_checkpoint, setup)
+                    print0, progress_bar, save_checkpoint, setup, to_terminal)
 from data import METHODS, collate, load_dataset, tokenize, vocabulary
 from eval import build_model, evaluate
 from recipes import DEFAULT_DATASET, DEFAULTS, PRESETS, curriculum as curriculum_of, recipe
@@ -95,12 +95,15 @@ def parse_args(argv=None):
     a("--eval_batch_size", type=int, help="prompts per generation batch")
     a("--train_examples", type=int, help="train on the first N records only")
     a("--val_examples", type=int, help="validate on the first N records only")
+    a("--test_examples", type=int, help="test on the first N records only")
     a("--seed", type=int, default=0, help="seed of data order, stage mixing, dropout and initialisation")
     a("--out_dir", help="where checkpoints and metrics go (default out/<dataset>-<method>)")
     a("--resume", action="store_true", help="continue the run in --out_dir from its latest checkpoint, or start it if it "
                                             "has none: one command for the first launch and every restart")
     a("--ckpt_every", type=int, default=0, help="also checkpoint every N optimizer steps (0: at epoch ends only)")
     a("--max_steps", type=int, default=0, help="stop after N optimizer steps of this invocation (0: no limit)")
+    a("--log_every", type=int, default=100, help="when the output is a file, not a terminal: a line every N steps "
+                                                   "(step, loss, tokens/s; 0: the epochs' lines only)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     a("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="auto: bf16 autocast where the GPU supports it, else float32")
     a("--compile", action="store_true", help="torch.compile the model for training and the decode step for evaluation")
@@ -219,7 +222,7 @@ def start_or_resume(cfg, data, device):
         saved, state = load_state(latest)
         # Continuing with other settings (more epochs, say) is allowed, but never silent: it is no longer the run
         # that was started.
-        changed = [f"{k} {saved[k]} -> {cfg[k]}" for k in sorted(saved.keys() & cfg.keys() - {"resume", "max_steps"})
+        changed = [f"{k} {saved[k]} -> {cfg[k]}" for k in sorted(saved.keys() & cfg.keys() - {"resume", "max_steps", "log_every"})
                    if saved[k] != cfg[k]]
         if changed:
             print0(f"{latest}: continuing with settings other than the checkpoint's: {', '.join(changed)}")
@@ -364,11 +367,16 @@ def train_phase(cfg, data, run, preemption, trackers):
             return prepare(examples, weights, mine, seeds)
 
         model.train()
+        log_lines = cfg["log_every"] and not to_terminal()
         steps = range(state["step"], steps_per_epoch)
         for step, mine in zip(progress_bar(steps, f"epoch {epoch} stage {stage}"), prefetch(map(share, steps))):
             lr = learning_rate(cfg, (epoch - cfg["start_epoch"]) * steps_per_epoch + step, total_steps)
             loss, tokens = train_step(forward, no_sync, optimizer, mine, run, lr, cfg["grad_clip"])
             loss_sum, n_steps, n_tokens = loss_sum + loss, n_steps + 1, n_tokens + tokens
+            if log_lines and (step + 1) % cfg["log_every"] == 0 and step + 1 < steps_per_epoch:  # a file, not a terminal: a line now and then
+                # (the step's loss on one process; with N, this process's share times N, an estimate)
+                print0(f"epoch {epoch} step {step + 1}/{steps_per_epoch}: loss {loss.item() * run.world:.4f}, "
+                       f"{n_tokens * run.world / (time.time() - t0):,.0f} tokens/s")
             n_sequences += sum(len(batch.ids) for batch, _, _ in mine)
             steps_run += 1
             state["step"] = step + 1
@@ -483,7 +491,7 @@ def main(argv=None):
                 print0(f"{'continuing the run' if started else 'starting a run'} in {cfg['out_dir']}: device {run.device}, "
                        f"{run.world} process(es), {'bf16 autocast' if isinstance(run.autocast, torch.autocast) else 'float32'}")
                 trackers = Trackers(cfg if run.rank == 0 else {})
-                split_sizes = {"train": cfg["train_examples"], "valid": cfg["val_examples"], "test": None}
+                split_sizes = {"train": cfg["train_examples"], "valid": cfg["val_examples"], "test": cfg["test_examples"]}
                 records = {split: load_dataset(cfg["dataset"], split, cfg.get("data_dir"), cfg.get("cache_dir"))[:n]
                            for split, n in split_sizes.items()}
                 fmt = curriculum_of(cfg).fmt  # the method's, or the recipe's (reachability: symbols)

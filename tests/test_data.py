@@ -330,13 +330,13 @@ def test_small_graphs_are_short_chains():
 
 @functools.lru_cache(maxsize=None)
 def generated(name):
-    return {split: data.load_dataset(name, split) for split in data.SPLITS}
+    return {split: data.load_dataset(name, split) for split in ("train", "valid", "test")}
 
 
 @pytest.mark.parametrize("name", list(synthetic.GENERATED))
 def test_generated_splits(name):
     splits = generated(name)
-    assert {s: len(r) for s, r in splits.items()} == {s: n for s, (n, _) in synthetic.GENERATED[name][1].items()}
+    assert {s: len(r) for s, r in splits.items()} == {s: synthetic.GENERATED[name][1][s][0] for s in splits}
     train = {r["question"] for r in splits["train"]}
     assert not any(r["question"] in train for r in splits["valid"] + splits["test"])  # held out: never trained on
     assert len({r["question"] for r in splits["test"]}) > 0.9 * len(splits["test"])
@@ -394,6 +394,28 @@ def test_shell_game_is_deterministic_and_each_swap_is_one_token_at_a_fixed_place
     for t in tokenized:  # ...and its 4 swaps, one token each, in the same 4 columns
         assert [i for i, x in enumerate(t) if x in swap_tokens] == [i for i, x in enumerate(tokenized[0]) if x in swap_tokens]
         assert sum(x in swap_tokens for x in t) == 4
+
+
+@pytest.mark.parametrize("name, split, length", [("shellgame", "test+1", 5), ("shellgame", "test+2", 6),
+                                                  ("reachability", "test+1", 6), ("reachability", "test+2", 7)])
+def test_longer_test_sets_are_one_and_two_steps_longer(name, split, length):
+    """Past the training length: questions of the test split's kind, k steps longer, answered and stepped right by the
+    independent solvers (a few of each; reachability's are slow to draw)."""
+    generate, splits = synthetic.GENERATED[name]
+    n, seed, settings = splits[split]
+    records = generate(4, seed, **settings)
+    assert n >= 200 and seed not in [splits[s][1] for s in splits if s != split]
+    for r in records:
+        assert len(r["steps"]) == length
+        if name == "shellgame":
+            where = solve_shell_game(r["question"])
+            assert len(where) == length and r["answer"] == where[-1]
+        else:
+            candidates, root, hops, children = solve_reachability(r["question"])
+            assert [c in hops for c in candidates].count(True) == 1 and hops[r["answer"]] == length
+            assert len(r["idx_to_symbol"]) <= synthetic.REACHABILITY.nodes  # no node name training never saw
+    with pytest.raises(data.DataError, match="ontology has no split 'test\\+1': .* for shellgame and reachability"):
+        data.load_dataset("ontology", "test+1")
 
 
 def test_cli_generate(tmp_path):

@@ -416,7 +416,7 @@ def test_torchrun_two_processes_equal_one(tmp_path, data_dir):
 
 @pytest.mark.parametrize("flags, message", [
     (["--method", "pccot", "--pccot_iterations", "0"], "--pccot_iterations must be at least 1"),
-    (["--dataset", "reachability", "--method", "pccot"], "it needs --pad_latent_to_max true"),
+    (["--dataset", "reachability", "--method", "pccot", "--pad_latent_to_max", "false"], "it needs --pad_latent_to_max true"),
     (["--lr_schedule", "cosine", "--warmup", "1.5"], "--warmup must be within [0, 1)"),
     (["--dataset", "gsm8k", "--method", "codi", "--cot_epochs", "3"], "--cot_epochs with --lora_r"),
 ])

@@ -1,0 +1,278 @@
+"""
+The laptop table: every method of train.py on the two tasks that isolate the paper's two claims, thoughts that
+compose (the shell game) and thoughts that search (reachability), on several seeds; Soft Thinking on the CoT runs;
+and test sets one and two steps longer than training. One command runs it and writes the tables and the picture.
+
+    python grid.py                                   # 2 tasks x 11 methods x seeds 0, 1, 2: hours on a 2-core CPU
+    python grid.py --tasks shellgame --methods coconut cot no_cot --seeds 0 1
+    python grid.py --quick                           # two short runs on a handful of records: the pipeline, in a minute
+
+Runs go --jobs at a time (default: one per core), each in processes of one thread, so that a run computes the same
+whatever runs beside it. Run again, the same command continues an interrupted grid: a step whose output exists is
+not run again, and a run stopped mid-way resumes from its `latest` checkpoint (train.py --resume). In --out_dir:
+
+    runs/<task>/<method>/seed<s>/   the run (train.py's out_dir) and its evaluations: test+1.json, test+2.json,
+                                    soft-<split>.json (Soft Thinking, on the CoT runs), probe.json (the thoughts)
+    data/<task>/<task>_<split>.json the longer test sets, generated once (reachability's 7-hop questions are slow)
+    results.json                    every run's numbers
+    table.md, grid.png              the README's tables and picture
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from analysis import frontier_weights
+from data import METHODS, file_name, load_dataset
+from plots import plot_grid
+from recipes import recipe
+
+ROOT = Path(__file__).resolve().parent
+TASKS = ("shellgame", "reachability")
+LONGER = ("test+1", "test+2")  # one and two steps longer than training (synthetic.GENERATED)
+# Room for the written steps of the longer questions: the shell game's 6 steps take 30 tokens.
+LONGER_NEW_TOKENS = {"shellgame": 48, "reachability": 24}
+SEARCH_METHODS = ("coconut", "simcot")  # whose thought i stands where CoT writes the node i hops from the root
+# --quick: one task, two methods, one seed, a handful of records, one epoch a stage: every step of the pipeline.
+QUICK = dict(tasks=["shellgame"], methods=["coconut", "cot"], seeds=[0])
+QUICK_TRAIN = ["--train_examples", "64", "--val_examples", "8", "--test_examples", "8", "--epochs_per_stage", "1",
+               "--epochs", "6"]
+QUICK_EVAL = ["--max_examples", "8"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="the datasets")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="train.py's --method values")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="train.py's --seed values")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at once, each on one thread")
+    p.add_argument("--out_dir", default="out/grid", help="where runs, results and tables go")
+    p.add_argument("--quick", action="store_true", help="two short runs on a handful of records (what the tests run)")
+    args = p.parse_args(argv)
+    if args.quick:
+        vars(args).update(QUICK)
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
+    return args
+
+
+# -----------------------------------------------------------------------------------------------------------
+# The steps: each a command whose output file says that it is done
+
+class Run:
+    """One (task, method, seed): its folder, and the commands that train and evaluate it."""
+
+    def __init__(self, out_dir, task, method, seed, quick):
+        self.task, self.method, self.seed, self.quick = task, method, seed, quick
+        self.dir = Path(out_dir) / "runs" / task / method / f"seed{seed}"
+        self.data_dir = Path(out_dir) / "data" / task
+        self.name = f"{task} {method} seed {seed}"
+
+    @property
+    def test(self):
+        """train.py's test.json: in the run's folder, or in its method's after a CoT phase (None before the end)."""
+        return next(self.dir.glob("**/test.json"), None)
+
+    def steps(self):
+        """(name, output file, command) of each step, in order: training first, whose checkpoint the others read
+        (the steps after it are made once it is done: this is a generator)."""
+        yield "train", self.dir / "test.json", [
+            sys.executable, "train.py", "--dataset", self.task, "--method", self.method, "--seed", str(self.seed),
+            "--out_dir", str(self.dir), "--resume", *(QUICK_TRAIN if self.quick else [])]
+        latents = METHODS[self.method].latents
+        for k, split in enumerate(LONGER, start=1):  # each method given what the longer question needs
+            more = ["--max_latent_stage", str(recipe(self.task, self.method)["max_latent_stage"] + k)] if latents else []
+            yield split, *self.evaluation(split, f"{split}.json", *more)
+        if self.method == "cot":  # Soft Thinking needs no training: it runs on the CoT model
+            for split in ("test", *LONGER):
+                yield f"soft {split}", *self.evaluation(split, f"soft-{split}.json", "--soft_thinking")
+        if self.method in SEARCH_METHODS and self.task == "reachability":
+            yield "probe", *self.evaluation("test", "probe.json", "--probe", "--probe_topk", "10")
+
+    def evaluation(self, split, name, *flags):
+        """(output, command) of eval.py on a split of the run's best checkpoint."""
+        folder = self.test.parent
+        ckpt = folder / "best" if (folder / "best").exists() else folder / "latest"
+        longer = ["--data_dir", str(self.data_dir), "--max_new_tokens", str(LONGER_NEW_TOKENS[self.task])] \
+            if split in LONGER else []
+        return self.dir / name, [sys.executable, "eval.py", "--ckpt", str(ckpt), "--split", split, *longer, *flags,
+                                 "--out", str(self.dir / name), *(QUICK_EVAL if self.quick else [])]
+
+    def execute(self, data_ready, say):
+        """Every step not done yet, one after the other; evaluations on the longer sets wait for their files."""
+        for name, output, command in self.steps():
+            if name == "train" and self.test is not None or name != "train" and output.exists():
+                continue
+            if name in LONGER or name.startswith("soft test+"):
+                data_ready[self.task].wait()
+            log = self.dir / f"{name.replace(' ', '-')}.log"
+            t0 = time.time()
+            if not execute(command, log):
+                return say(f"{self.name}: {name} failed: see {log}")
+            if name == "train" and self.test is None:
+                return say(f"{self.name}: training ended without testing: see {log}")
+            say(f"{self.name}: {name} done in {time.time() - t0:.0f} s")
+
+
+def execute(command, log):
+    """Run a command in a process of one thread, its output appended to log; whether it succeeded."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        return subprocess.call(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env) == 0
+
+
+def write_longer_sets(out_dir, task, say):
+    """The longer test sets of a task as files (data.py --out), generated once: every evaluation then reads them."""
+    folder = Path(out_dir) / "data" / task
+    for split in LONGER:
+        path = folder / file_name(task, split)
+        if not path.exists():
+            t0 = time.time()
+            if not execute([sys.executable, "data.py", "--dataset", task, "--split", split, "--out", str(path)],
+                           folder / f"{split}.log"):
+                return say(f"{task} {split}: generating failed: see {folder / f'{split}.log'}")
+            say(f"{task} {split}: generated in {time.time() - t0:.0f} s")
+
+
+# -----------------------------------------------------------------------------------------------------------
+# The results
+
+def accuracy(path):
+    """Accuracy and mean tokens of an evaluation's JSON (train.py's test.json or eval.py's --out), or None."""
+    if not path.exists():
+        return None
+    out = json.loads(path.read_text())
+    return dict(accuracy=out["accuracy"], tokens=out["mean_tokens"], n=out["n"])
+
+
+def minutes(run):
+    """Training and validation wall time of a run (every phase), in minutes, from its metrics.jsonl lines."""
+    lines = [json.loads(line) for f in run.dir.glob("**/metrics.jsonl") for line in f.read_text().splitlines()]
+    return sum(m["seconds"] + m["val_seconds"] for m in lines) / 60 if lines else None
+
+
+def collect(args):
+    """Every run's numbers: test accuracy and tokens, the longer sets, wall time; Soft Thinking; the frontier."""
+    runs, soft, search = [], [], []
+    for task in args.tasks:
+        for method in args.methods:
+            for seed in args.seeds:
+                run = Run(args.out_dir, task, method, seed, args.quick)
+                if run.test is None:
+                    continue
+                row = dict(task=task, method=method, seed=seed, minutes=minutes(run), **accuracy(run.test))
+                row.update({split: (accuracy(run.dir / f"{split}.json") or {}).get("accuracy") for split in LONGER})
+                runs.append(row)
+                if method == "cot" and (run.dir / "soft-test.json").exists():
+                    row = dict(task=task, method="soft_thinking", seed=seed, minutes=None,
+                               **accuracy(run.dir / "soft-test.json"))
+                    row.update({split: (accuracy(run.dir / f"soft-{split}.json") or {}).get("accuracy") for split in LONGER})
+                    soft.append(row)
+                    if task == "reachability":
+                        search.append(dict(method="soft_thinking", seed=seed,
+                                           hops=frontier_weights(run.dir / "soft-test.json", load_dataset(task, "test"))))
+                if (run.dir / "probe.json").exists():
+                    search.append(dict(method=method, seed=seed,
+                                       hops=frontier_weights(run.dir / "probe.json", load_dataset(task, "test"))))
+    return dict(runs=runs + soft, search=search)
+
+
+def table(results, args):
+    """The Markdown tables: per task, each method's test accuracy (mean, standard deviation over seeds, and each
+    seed's), on the longer sets, tokens and wall time; the per-seed gaps the README's claims rest on; the search."""
+    lines = []
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
+    for task in args.tasks:
+        rows = [r for r in results["runs"] if r["task"] == task]
+        if not rows:
+            continue
+        seeds = sorted({r["seed"] for r in rows})
+        lines += [f"### {task}", "", "| method | test accuracy (mean ± sd) | " + " | ".join(f"seed {s}" for s in seeds)
+                  + " | one step longer | two steps longer | tokens | minutes |", "|---" * (len(seeds) + 6) + "|"]
+        for method in [*args.methods, "soft_thinking"]:
+            mine = {r["seed"]: r for r in rows if r["method"] == method}
+            if not mine:
+                continue
+            acc = [r["accuracy"] for r in mine.values()]
+            sd = f" ± {100 * statistics.stdev(acc):.1f}" if len(acc) > 1 else ""
+            mean = lambda key: (lambda v: statistics.mean(v) if v else None)(
+                [r[key] for r in mine.values() if r[key] is not None])
+            minutes_ = mean("minutes")
+            lines.append(f"| {method} | {pct(statistics.mean(acc))}{sd} | "
+                         + " | ".join(pct(mine[s]["accuracy"]) if s in mine else "-" for s in seeds)
+                         + f" | {pct(mean('test+1'))} | {pct(mean('test+2'))} | {mean('tokens'):.1f} | "
+                         + ("-" if minutes_ is None else f"{minutes_:.1f}") + " |")
+        lines.append("")
+        baseline = "no_cot" if task == "shellgame" else "cot"
+        by = {(r["method"], r["seed"]): r["accuracy"] for r in rows}
+        gaps = [f"seed {s}: {100 * (by[('coconut', s)] - by[(baseline, s)]):+.1f}" for s in seeds
+                if ("coconut", s) in by and (baseline, s) in by]
+        if gaps:
+            lines += [f"Coconut minus {baseline}, test accuracy points: " + ", ".join(gaps) + ".", ""]
+    if results["search"]:
+        lines += search_table(results["search"])
+    return lines
+
+
+def search_table(search):
+    """By hop, each method's weight on the frontier's nodes, averaged over seeds."""
+    lines = ["### What the steps hold of the frontier (reachability, test split)", "",
+             "| method | hop | frontier nodes | weight on the frontier | on the path's node | holds two or more |",
+             "|---|---|---|---|---|---|"]
+    for method in dict.fromkeys(s["method"] for s in search):
+        mine = [s["hops"] for s in search if s["method"] == method]
+        for i in range(min(len(h) for h in mine)):
+            m = lambda key: statistics.mean(h[i][key] for h in mine if h[i][key] is not None)
+            lines.append(f"| {method} | {i + 1} | {m('frontier'):.2f} | {m('weight'):.3f} | {m('path'):.3f} | "
+                         f"{100 * m('holds_two'):.1f}% |")
+    return lines + [""]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock, t0 = threading.Lock(), time.time()
+
+    def say(message):
+        with lock:
+            print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    runs = [Run(out_dir, t, m, s, args.quick) for t in args.tasks for m in args.methods for s in args.seeds]
+    runs.sort(key=lambda r: r.task != "reachability")  # the longest first, so that the last ones to finish are short
+    data_ready = {task: threading.Event() for task in args.tasks}
+    say(f"{len(runs)} runs, {args.jobs} at a time, in {out_dir}")
+
+    def longer_sets(task):
+        try:
+            write_longer_sets(out_dir, task, say)
+        finally:  # evaluations of a set that failed fail in their turn, each saying so
+            data_ready[task].set()
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for task in args.tasks:
+            pool.submit(longer_sets, task)
+        for run in runs:
+            pool.submit(run.execute, data_ready, say)
+    results = collect(args)
+    results["grid"] = dict(tasks=args.tasks, methods=args.methods, seeds=args.seeds, quick=args.quick)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out_dir / "table.md").write_text("\n".join(table(results, args)) + "\n")
+    plot_grid(results, out_dir / "grid.png")
+    finished = sum(r["method"] != "soft_thinking" for r in results["runs"])
+    say(f"{finished} of {len(runs)} runs finished; this invocation took {(time.time() - t0) / 60:.1f} min; "
+        f"wrote {out_dir / 'results.json'}, {out_dir / 'table.md'}, {out_dir / 'grid.png'}")
+    with open(out_dir / "invocations.jsonl", "a") as f:
+        f.write(json.dumps(dict(start=t0, minutes=(time.time() - t0) / 60, jobs=args.jobs, finished=finished)) + "\n")
+
+
+if __name__ == "__main__":
+    main()
