@@ -260,7 +260,9 @@ def save_checkpoint(out_dir, name, gpt, optimizer, cfg, state):
     """Write a checkpoint and point out_dir/<name> at it; a crash at any moment leaves the old one valid, and a
     write that fails leaves it valid too, removes what it wrote, and raises an OSError that says why."""
     out_dir = Path(out_dir)
-    target = f"ckpt-{state['epoch']:03d}-{state['step']:06d}"
+    # Named for where training stands, as the run's lines count: after step s of epoch e, or at the end of epoch e.
+    done = state["step"] == 0  # a checkpoint at step 0 of an epoch is the end of the one before
+    target = f"ckpt-{state['epoch'] - done:03d}-" + ("end" if done else f"{state['step']:06d}")
     tmp, link = out_dir / f".{target}.tmp", out_dir / f".{name}.tmp"
     try:
         if not (out_dir / target).is_dir():

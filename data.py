@@ -42,13 +42,20 @@ BOT = 50257  # <|start-latent|>, "<bot>": the continuous thoughts start after it
 EOT = 50258  # <|end-latent|>, "<eot>": language resumes after it
 LATENT = 50259  # <|latent|>, the placeholder a continuous thought replaces
 NEWLINE = 198  # "\n"
+ANSWER_MARK = 21017  # "###": the answer follows it
 VOCAB_SIZE = 50260
+TOKENIZER_FILES = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"  # vocab.bpe and encoder.json
 
 
 @functools.lru_cache(maxsize=None)
 def tokenizer():
     """tiktoken's gpt2 encoding with the three latent tokens appended."""
-    gpt2 = tiktoken.get_encoding("gpt2")
+    try:
+        gpt2 = tiktoken.get_encoding("gpt2")
+    except Exception as e:  # requests' errors when offline, and whatever else stops tiktoken from having its files
+        raise DataError(f"no GPT-2 tokenizer: tiktoken found vocab.bpe and encoder.json neither in its cache nor at "
+                        f"{TOKENIZER_FILES} ({type(e).__name__}); connect once, or put both files, named as tiktoken "
+                        f"names them (the SHA-1 of their URL), in a folder and set TIKTOKEN_CACHE_DIR to it") from None
     special = {"<|start-latent|>": BOT, "<|end-latent|>": EOT, "<|latent|>": LATENT}
     return tiktoken.Encoding(
         name="gpt2-coconut",

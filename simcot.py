@@ -15,7 +15,7 @@ authors': the mean over groups of the mean over rows), added to Coconut's. Gradi
 whole chain. The decoder trains in eval mode, without dropout, as the authors' does (their train() switches the
 base model only). Generation is Coconut's: the decoder is not used at inference.
 
-    model = SimCoT(load_gpt("gpt2"), step_decoder(load_gpt("gpt2")))
+    model = SimCoT(load_gpt("gpt2"), without_latent_tokens(load_gpt("gpt2")))
     losses = model(data.collate(examples))   # (N + M,): Coconut's token losses, then each decoded step's
 """
 import dataclasses
@@ -65,7 +65,7 @@ class SimCoT(Coconut):
         return torch.zeros(M, device=ce.device, dtype=ce.dtype).index_add(0, steps.items, ce)
 
 
-def step_decoder(gpt):
+def without_latent_tokens(gpt):
     """The step decoder as a run starts: a copy of a GPT (GPT-2, or the model from scratch) without the rows of
     <bot>, <eot> and <latent>, so that its softmax is over GPT-2's tokens only."""
     ids = gpt.config.tokens or list(range(gpt.config.vocab_size))

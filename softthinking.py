@@ -22,9 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from coconut import Coconut, Generation, _bucket, _compute_dtype
-from data import EOS, encode
-
-THINK_END = encode("###")[0]  # the token that ends the reasoning: the answer follows it
+from data import ANSWER_MARK as THINK_END, EOS  # "###" ends the reasoning: the answer follows it
 
 
 @dataclass(frozen=True)

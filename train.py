@@ -41,7 +41,9 @@ from coconut import load_gpt
 from common import (Preemption, gather, load_optimizer, load_state, on_every_rank, one_line_errors, parse_bool, prefetch,
                     print0, progress_bar, save_checkpoint, setup, to_terminal)
 from data import METHODS, collate, load_dataset, tokenize, vocabulary
-from eval import build_model, evaluate
+from eval import evaluate
+from methods import build_model
+from plots import plot_metrics
 from recipes import DEFAULT_DATASET, DEFAULTS, PRESETS, curriculum as curriculum_of, recipe
 
 
@@ -119,6 +121,7 @@ def resolve_config(args, world=1):
     cfg.setdefault("out_dir", f"out/{cfg['dataset']}-{cfg['method']}")
     if cfg["method"] in ("cot", "no_cot"):
         cfg["cot_epochs"] = 0  # already CoT, or no use for it
+    refuse_ignored(given, cfg)
     for key in ("epochs", "batch_size", "micro_batch_size", "loss_group", "epochs_per_stage", "eval_batch_size",
                 "max_new_tokens"):
         if cfg[key] < 1:
@@ -141,6 +144,25 @@ def resolve_config(args, world=1):
         raise ValueError(f"--batch_size {B} does not split evenly over {W} processes: use a multiple of {W} "
                          f"(such as {' or '.join(map(str, nearby))})")
     return cfg
+
+
+# Flags that only some runs read: given to another, they would be ignored, so they are refused.
+METHOD_FLAGS = {"pccot_iterations": ("pccot",), "step_decoder_init": ("simcot",), "icot_tokens_per_stage": ("icot",)}
+SCRATCH_FLAGS = ("n_layer", "n_head", "n_embd")
+
+
+def refuse_ignored(given, cfg):
+    """A ValueError for a flag given that this run would not read."""
+    for key, methods in METHOD_FLAGS.items():
+        if key in given and cfg["method"] not in methods:
+            raise ValueError(f"--{key} is read by --method {' or '.join(methods)} only, not by {cfg['method']}")
+    shape = [f"--{key}" for key in SCRATCH_FLAGS if key in given]
+    if shape and cfg["init_from"] != "scratch":
+        raise ValueError(f"{', '.join(shape)}: the shape of a model from scratch (--init_from scratch), not of "
+                         f"{cfg['init_from']}, whose shape is its own")
+    spec = METHODS[cfg["method"]]
+    if "markers" in given and (not spec.latents or spec.format != "coconut"):
+        raise ValueError(f"--markers: method {cfg['method']} {'has no thoughts' if not spec.latents else 'keeps its own'}")
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -405,35 +427,6 @@ def stop(signum, state):
     print0(f"stopped by {signal.Signals(signum).name} at epoch {state['epoch']}, step {state['step']}, with `latest` "
            f"written: the same command (with --resume) continues the run")
     sys.exit(128 + signum)
-
-
-def plot_metrics(out_dir):
-    """metrics.png next to metrics.jsonl: training and validation loss, and validation accuracy, per epoch,
-    with a line where each stage begins. Without matplotlib (optional), nothing."""
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
-    except ImportError:
-        return
-    rows = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
-    epochs = [r["epoch"] for r in rows]
-    fig = Figure(figsize=(8, 3.5))
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    loss_ax.plot(epochs, [r["train_loss"] for r in rows], marker=".", label="train")
-    loss_ax.plot(epochs, [r["val_loss"] for r in rows], marker=".", label="validation")
-    loss_ax.set(xlabel="epoch", ylabel="loss per supervised token", yscale="log")
-    loss_ax.legend(fontsize="small")
-    acc_ax.plot(epochs, [r["val_accuracy"] for r in rows], marker=".", color="C2")
-    acc_ax.set(xlabel="epoch", ylabel="validation accuracy", ylim=(0, 1.02))
-    for ax in (loss_ax, acc_ax):
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        for prev, row in zip(rows, rows[1:]):
-            if row["stage"] != prev["stage"]:
-                ax.axvline(row["epoch"] - 0.5, color="gray", lw=0.6, ls=":")
-                ax.annotate(f"stage {row['stage']}", (row["epoch"] - 0.5, 1), xycoords=("data", "axes fraction"),
-                            fontsize=6, rotation=90, va="top", ha="right", color="gray")
-    fig.suptitle(f"{Path(out_dir).name}: dotted lines mark a new curriculum stage", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(Path(out_dir) / "metrics.png", dpi=110)
 
 
 class Trackers:

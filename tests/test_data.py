@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import itertools
 import json
+import os
 import random
 import re
 import statistics
@@ -508,3 +509,21 @@ def test_reachability_as_the_preset_writes_it():
     for method in ("codi", "pccot"):
         other = data.Curriculum(method=method, format="symbols", markers=False)
         assert other.fmt == method and other.has_markers
+
+
+def test_no_tokenizer_offline_is_one_line_that_says_what_to_do(tmp_path):
+    """Without the tokenizer's files and without a network (a proxy that refuses every connection), python train.py
+    names the files, where they come from and TIKTOKEN_CACHE_DIR, in one line."""
+    env = dict(os.environ, TIKTOKEN_CACHE_DIR=str(tmp_path / "empty"), HTTPS_PROXY="http://127.0.0.1:9",
+               HTTP_PROXY="http://127.0.0.1:9", NO_PROXY="")
+    result = subprocess.run([sys.executable, "train.py", "--out_dir", str(tmp_path / "out")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    line = result.stderr.strip()
+    assert line.startswith("error: no GPT-2 tokenizer: ") and "vocab.bpe and encoder.json" in line
+    assert "set TIKTOKEN_CACHE_DIR to it" in line and data.TOKENIZER_FILES in line
+
+
+def test_the_token_constants_are_the_tokenizers():
+    assert data.encode("###") == [data.ANSWER_MARK] and data.encode("\n") == [data.NEWLINE]
+    assert data.encode("<|endoftext|>") != [data.EOS] and data.tokenizer().encode("<|endoftext|>", allowed_special="all") == [data.EOS]

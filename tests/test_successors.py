@@ -17,7 +17,7 @@ from coconut import Coconut
 from data import Curriculum, collate, tokenize
 from conftest import gpt_with_latent_tokens
 from pccot import PCCoT, naive_latents
-from simcot import SimCoT, naive_step_loss, step_decoder
+from simcot import SimCoT, naive_step_loss, without_latent_tokens
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_pccot_generates_as_it_trains(gpt, records):
 
 def test_simcot_loss_equals_its_definition(gpt, records):
     torch.manual_seed(2)
-    model = SimCoT(copy.deepcopy(gpt), step_decoder(gpt))
+    model = SimCoT(copy.deepcopy(gpt), without_latent_tokens(gpt))
     cur = Curriculum(method="simcot", c_thought=2, max_latent_stage=3)
     tokenized = tokenize(records, method="simcot")[0]
     # Stages 1, 2, 3 and the final one, a CoT row: steps merged into the last group, and "### X" for missing ones
@@ -213,19 +213,19 @@ def test_simcot_step_targets_are_the_released_codes(fixtures, max_latent_stage, 
 def test_simcot_step_decoder_is_gpt2s_vocabulary_without_dropout(gpt, records):
     """The decoder has GPT-2's rows only (none for the latent tokens), for GPT-2 and for a vocabulary of its own,
     and stays in eval mode while the model trains: with dropout in the GPT, its step losses do not vary."""
-    decoder = step_decoder(gpt)
+    decoder = without_latent_tokens(gpt)
     assert decoder.config.vocab_size == data.EOS + 1
     assert torch.equal(decoder.transformer.wte.weight, gpt.transformer.wte.weight[:data.EOS + 1])
     from coconut import load_gpt
     scratch = load_gpt("scratch", tokens=[5, 9, data.EOS, data.BOT, data.EOT, data.LATENT], n_layer=1, n_head=2, n_embd=8)
-    small = step_decoder(scratch)
+    small = without_latent_tokens(scratch)
     assert small.config.tokens == [5, 9, data.EOS] and torch.equal(small.transformer.wte.weight,
                                                                     scratch.transformer.wte.weight[:3])
     noisy = copy.deepcopy(gpt)
     for m in noisy.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.5
-    model = SimCoT(noisy, step_decoder(gpt)).train()
+    model = SimCoT(noisy, without_latent_tokens(gpt)).train()
     decoder_noisy = copy.deepcopy(model.decoder)
     for m in decoder_noisy.modules():
         if isinstance(m, torch.nn.Dropout):
@@ -244,7 +244,7 @@ def test_simcot_checkpoint_of_another_decoder_is_one_line(tmp_path, gpt):
     """A checkpoint whose step decoder has other shapes (one with the latent tokens' rows) is refused in one line."""
     SimCoT(copy.deepcopy(gpt), copy.deepcopy(gpt)).save(tmp_path)
     with pytest.raises(ValueError, match=r"extras.safetensors: decoder.transformer.wte.weight has shape \(50260, 32\)"):
-        SimCoT(copy.deepcopy(gpt), step_decoder(gpt)).load_extras(tmp_path)
+        SimCoT(copy.deepcopy(gpt), without_latent_tokens(gpt)).load_extras(tmp_path)
 
 
 def test_codi_leaves_eot_out_of_the_greedy_choice(gpt):
@@ -358,7 +358,8 @@ def test_gsm8k_presets_load_and_train(tmp_path, tiny_gpt2_dir, fixtures, method,
     for split, part in (("train", lines[:4]), ("valid", lines[4:6]), ("test", lines[6:8])):
         (data_dir / f"{split}.txt").write_text("\n".join(part) + "\n")
     result = run("train.py", "--dataset", "gsm8k", "--method", method, "--init_from", str(tiny_gpt2_dir),
-                 "--step_decoder_init", str(tiny_gpt2_dir), "--cot_epochs", "0", "--data_dir", str(data_dir),
+                 *(["--step_decoder_init", str(tiny_gpt2_dir)] if method == "simcot" else []), "--cot_epochs", "0",
+                 "--data_dir", str(data_dir),
                  "--batch_size", "4", "--micro_batch_size", "2", "--loss_group", "2", "--max_steps", "1",
                  "--device", "cpu", "--out_dir", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
@@ -369,7 +370,7 @@ def test_lora_trains_only_its_adapters_and_the_token_rows(gpt, records):
     """LoRA as peft computes it: W x + b + (alpha / r) B A x, starting as the model itself; the frozen weights get no
     gradient, the adapters and the rows of the latent tokens do, and no other row of the embedding."""
     import lora
-    from eval import build_model
+    from methods import build_model
     model = build_model(dict(method="pccot", pccot_iterations=2, lora_r=4, lora_alpha=8, lora_dropout=0.0,
                              lora_token_rows=True), copy.deepcopy(gpt))
     cur = Curriculum(method="pccot", c_thought=1, max_latent_stage=3)
@@ -419,6 +420,12 @@ def test_torchrun_two_processes_equal_one(tmp_path, data_dir):
     (["--dataset", "reachability", "--method", "pccot", "--pad_latent_to_max", "false"], "it needs --pad_latent_to_max true"),
     (["--lr_schedule", "cosine", "--warmup", "1.5"], "--warmup must be within [0, 1)"),
     (["--dataset", "gsm8k", "--method", "codi", "--cot_epochs", "3"], "--cot_epochs with --lora_r"),
+    (["--method", "coconut", "--pccot_iterations", "2"], "--pccot_iterations is read by --method pccot only, not by coconut"),
+    (["--method", "codi", "--step_decoder_init", "gpt2"], "--step_decoder_init is read by --method simcot only"),
+    (["--icot_tokens_per_stage", "2"], "--icot_tokens_per_stage is read by --method icot only"),
+    (["--dataset", "prosqa", "--n_layer", "4"], "--n_layer: the shape of a model from scratch (--init_from scratch), not of gpt2"),
+    (["--method", "cot", "--markers", "true"], "--markers: method cot has no thoughts"),
+    (["--method", "codi", "--markers", "false"], "--markers: method codi keeps its own"),
 ])
 def test_bad_flags_say_what_is_wrong(flags, message):
     import train

@@ -68,7 +68,7 @@ def max_difference(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def test_overfits_a_handful_through_the_stages(tmp_path, data_dir):
+def test_overfits_a_handful_through_the_stages(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
     train.main([*TINY, "--data_dir", str(data_dir), "--out_dir", str(out), "--train_examples", "2", "--n_embd", "64",
                 "--max_latent_stage", "1", "--batch_size", "1", "--micro_batch_size", "1", "--epochs", "75",
@@ -81,6 +81,10 @@ def test_overfits_a_handful_through_the_stages(tmp_path, data_dir):
     assert losses[49] < 0.06 and losses[74] < 0.02  # ...and falls to near zero again, through the thoughts
     state = json.loads((out / "best" / "state.json").read_text())
     assert state["stage"] == 2  # the best is chosen at the final stage only
+    # The checkpoints are named as the run's lines count epochs: `best` after epoch e is ckpt-<e>-end.
+    best = state["epoch"] - 1
+    assert os.readlink(out / "best") == f"ckpt-{best:03d}-end" and os.readlink(out / "latest") == "ckpt-074-end"
+    assert f"best checkpoint of epoch {best}, stage 2" in capsys.readouterr().out
     assert json.loads((out / "test.json").read_text())["n"] == 4
     if (out / "metrics.png").exists() or importlib_has("matplotlib"):
         assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
