@@ -286,6 +286,17 @@ def search_analysis(model, records, curriculum, device="cpu"):
     return rows
 
 
+def accuracy_by_search(examples, records):
+    """Accuracy by how deep and how wide the search is: by the answer's hops from the root, and by the number of nodes
+    the root reaches ({value: (accuracy, questions)} each), from evaluate()'s examples of graphs' records."""
+    by = {"hops": {}, "reachable": {}}
+    for e in examples:
+        hops = prosqa_graph(records[e["idx"]])[0]
+        for key, value in (("hops", hops[records[e["idx"]]["target"]]), ("reachable", len(hops) - 1)):
+            by[key].setdefault(value, []).append(e["correct"])
+    return {key: {v: (sum(c) / len(c), len(c)) for v, c in sorted(groups.items())} for key, groups in by.items()}
+
+
 def frontier_weights(path, records):
     """By hop i = 1, 2, ...: what step i of each question holds of the nodes i hops from the root (the frontier), from
     an evaluation's JSON whose examples carry "thoughts", each a list of top tokens and their weights (a thought's
@@ -347,9 +358,17 @@ def main(argv=None):
     with one_line_errors():
         s = start(args)
         records = s.records()
+        check_graphs(records)
+        results = evaluate(s.model, records, s.curriculum, s.cfg["stage"], s.cfg["max_new_tokens"], s.cfg["eval_batch_size"],
+                           step=s.step, device=s.device, autocast=s.autocast, progress=True)
+        by_search = accuracy_by_search(results["examples"], records)
         rows = prosqa_analysis(s.model, records, s.curriculum, s.cfg["max_new_tokens"], s.cfg["eval_batch_size"],
                                step=s.step, device=s.device, autocast=s.autocast)
-        out = dict(settings=s.settings(), prosqa_analysis=rows)
+        out = dict(settings=s.settings(), accuracy=results["accuracy"], by_search=by_search, prosqa_analysis=rows)
+        print0(f"accuracy {results['accuracy']:.4f} at stage {s.cfg['stage']}; by the answer's hops from the root and "
+               f"by the nodes the root reaches (accuracy, questions):")
+        for key, groups in by_search.items():
+            print0(f"  {key}: " + ", ".join(f"{v}: {a:.3f} ({n})" for v, (a, n) in groups.items()))
         print0("\n".join(analysis_table(rows)))
         plots = plot_prosqa(rows, args.plot_dir) if args.plot_dir and s.rank == 0 else []
         if s.curriculum.feedback and all(is_searchable(r) for r in records) and s.rank == 0:

@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from coconut import load_gpt
 from common import gather, load_state, one_line_errors, parse_bool, print0, progress_bar, setup
-from data import FORMATS, METHODS, SPLITS, collate, decode, load_dataset, tokenize
+from data import FORMATS, GENERATED, METHODS, SPLITS, collate, decode, encode, file_name, load_dataset, tokenize
 from methods import build_model
 from recipes import DEFAULT_DATASET, DEFAULTS, PRESETS, curriculum as curriculum_of, recipe
 from softthinking import Settings as SoftSettings, SoftThinking
@@ -248,6 +248,19 @@ def thought_lines(thoughts, steps=(), c_thought=1):
     return lines or ["  (no continuous thoughts)"]
 
 
+def thoughts_in_steps(examples, records, c_thought):
+    """For each thought j, the share of the examples (with a j-th thought and a step for it) whose thought's likeliest
+    token is one of the tokens of the step it stands for: how often thoughts read as the step they replaced."""
+    hits = {}
+    for e in examples:
+        steps = records[e["idx"]]["steps"]
+        for j, top in enumerate(e.get("thoughts", [])):
+            if j // c_thought < len(steps):
+                step_tokens = {decode([t]) for t in encode(steps[j // c_thought])}
+                hits.setdefault(j, []).append(top[0]["token"] in step_tokens)
+    return [sum(h) / len(h) for _, h in sorted(hits.items())]
+
+
 def probe_table(examples, records, c_thought):
     """The decoded thoughts of a few examples, each next to the step of the record that it replaced."""
     lines = []
@@ -272,7 +285,9 @@ class Session(NamedTuple):
         """The records of the split asked for."""
         cfg = self.cfg
         records = load_dataset(cfg["dataset"], cfg["split"], cfg["data_dir"], cfg["cache_dir"])[:cfg.get("max_examples")]
-        print0(f"{cfg['model']} on {cfg['dataset']} {cfg['split']} ({len(records)} records): {cfg['method']}, "
+        source = Path(cfg["data_dir"]) / file_name(cfg["dataset"], cfg["split"]) if cfg["data_dir"] else \
+            "generated" if cfg["dataset"] in GENERATED else "the download cache"
+        print0(f"{cfg['model']} on {cfg['dataset']} {cfg['split']} ({len(records)} records from {source}): {cfg['method']}, "
                f"stage {cfg['stage']}, c_thought {cfg['c_thought']}, max_latent_stage {cfg['max_latent_stage']}, "
                f"device {self.device}, {self.world} process(es)")
         return records
@@ -314,6 +329,9 @@ def main(argv=None):
         print0("\n".join(summary_table(out)))
         if args.probe or args.soft_thinking:
             print0("\n".join(probe_table(out["examples"][:3], records, cfg["c_thought"])))
+            out["thoughts_in_steps"] = thoughts_in_steps(out["examples"], records, cfg["c_thought"])
+            print0("the likeliest token of thought j is a token of the step it stands for, in this share of the "
+                   "questions: " + ", ".join(f"{j + 1}: {share:.1%}" for j, share in enumerate(out["thoughts_in_steps"])))
         write_out(args.out, out, s.rank)
 
 

@@ -38,6 +38,8 @@ TASKS = ("shellgame", "reachability")
 LONGER = ("test+1", "test+2")  # one and two steps longer than training (synthetic.GENERATED)
 # Room for the written steps of the longer questions: the shell game's 6 steps take 30 tokens.
 LONGER_NEW_TOKENS = {"shellgame": 48, "reachability": 24}
+PRIORITY = ("coconut", "cot", "no_cot", "pause_as_thought", "simcot", "codi", "pccot", "no_curriculum", "pause",
+            "no_thoughts", "icot")  # the order the runs go in (all of data.METHODS)
 SEARCH_METHODS = ("coconut", "simcot")  # whose thought i stands where CoT writes the node i hops from the root
 # --quick: one task, two methods, one seed, a handful of records, one epoch a stage: every step of the pipeline.
 QUICK = dict(tasks=["shellgame"], methods=["coconut", "cot"], seeds=[0])
@@ -247,7 +249,9 @@ def main(argv=None):
             print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
     runs = [Run(out_dir, t, m, s, args.quick) for t in args.tasks for m in args.methods for s in args.seeds]
-    runs.sort(key=lambda r: r.task != "reachability")  # the longest first, so that the last ones to finish are short
+    # The runs that the README's claims rest on first, every seed of them, so that a grid cut short has them; within a
+    # method and seed, the long task first.
+    runs.sort(key=lambda r: (PRIORITY.index(r.method), r.seed, r.task != "reachability"))
     data_ready = {task: threading.Event() for task in args.tasks}
     say(f"{len(runs)} runs, {args.jobs} at a time, in {out_dir}")
 

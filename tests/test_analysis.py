@@ -171,7 +171,9 @@ def test_frontier_values_in_symbols(gpt, k, frontier):
 def test_prosqa_analysis_end_to_end(tmp_path, tiny_gpt2_dir, fixtures, prosqa, capsys):
     out, plots = tmp_path / "analysis.json", tmp_path / "plots"
     main([*prosqa_args(tiny_gpt2_dir, fixtures), "--out", str(out), "--plot_dir", str(plots)])
-    rows = json.loads(out.read_text())["prosqa_analysis"]
+    result = json.loads(out.read_text())
+    rows = result["prosqa_analysis"]
+    assert sum(n for _, n in result["by_search"]["hops"].values()) == 3  # every question, by its answer's hops
     assert [r["k"] for r in rows] == list(range(7))  # the prosqa preset: max_latent_stage 6, c 1
     for r in rows:
         assert sum(r["counts"].values()) == r["n"] == 3 and len(r["examples"]) == 3
@@ -220,3 +222,26 @@ def test_plots_without_matplotlib(tmp_path, monkeypatch, capsys):
     rows = [dict(k=0, n=1, counts={}, value_on_path=None, value_off_path=None)]
     assert plot_prosqa(rows, tmp_path / "plots") == []
     assert "pip install matplotlib" in capsys.readouterr().out and not (tmp_path / "plots").exists()
+
+
+def test_frontier_weights_by_hop(tmp_path):
+    """What step i holds of the nodes i hops from the root, on a hand-made graph in symbols: 0 -> 1, 0 -> 2, 2 -> 3;
+    the answer 3, two hops away, its path 0 2 3."""
+    from analysis import frontier_weights
+    record = dict(question="(a graph)", steps=[" 2", " 3"], answer="3", idx_to_symbol=["0", "1", "2", "3"],
+                  edges=[[0, 1], [0, 2], [2, 3]], root=0, target=3, neg_target=1)
+    thoughts = [[dict(token=" 2", p=0.6), dict(token=" 1", p=0.3), dict(token="###", p=0.1)],  # hop 1: holds {1, 2}
+                [dict(token=" 3", p=0.95), dict(token=" 2", p=0.05)],                         # hop 2: {3}
+                [dict(token=" 1", p=1.0)]]                                                    # past the answer: left out
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(dict(examples=[dict(idx=0, thoughts=thoughts)])))
+    hop1, hop2 = frontier_weights(path, [record])
+    assert hop1 == dict(n=1, frontier=2, weight=pytest.approx(0.9), path=0.6, holds_two=True)
+    assert hop2 == dict(n=1, frontier=1, weight=0.95, path=0.95, holds_two=None)  # one frontier node: no share
+
+
+def test_accuracy_by_search():
+    """The hand-made graph: Tom reaches wumpus, yumpus, zumpus and dumpus; the answer, zumpus, is 2 hops away."""
+    from analysis import accuracy_by_search
+    by = accuracy_by_search([dict(idx=0, correct=True), dict(idx=0, correct=False)], [GRAPH])
+    assert by == {"hops": {2: (0.5, 2)}, "reachable": {4: (0.5, 2)}}

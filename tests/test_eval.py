@@ -232,3 +232,13 @@ def test_flags_that_cannot_be_honoured_are_one_line(shellgame_ckpt, flags, messa
     result = run_cli("--ckpt", str(shellgame_ckpt), "--device", "cpu", *flags)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith("error: ") and message in result.stderr
+
+
+def test_thoughts_in_steps():
+    """Thought j reads as its step when its likeliest token is one of the step's tokens (c = 2: two thoughts a step)."""
+    from eval import thoughts_in_steps
+    records = [dict(steps=["AD: C C", "BE: C C"]), dict(steps=["CD: A A"])]
+    top = lambda token: [dict(token=token, p=0.9)]
+    examples = [dict(idx=0, thoughts=[top(":"), top(" E"), top(" C"), top("BE")]),  # step 1: yes, no; step 2: yes, yes
+                dict(idx=1, thoughts=[top(" B"), top(" A"), top(" A")])]            # step 1: no, yes; no step 2
+    assert thoughts_in_steps(examples, records, 2) == [0.5, 0.5, 1.0, 1.0]
