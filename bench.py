@@ -20,7 +20,7 @@ batches are real GSM8k-Aug test records at the final stage of the paper's GSM8k 
 --pccot N times PCCoT (pccot.py, 3 Jacobi iterations: 1 + 3 + 1 passes) against Coconut (N + 2 passes) at N
 thoughts on the same batch: the training step of the student's loss (forward and backward) and batched generation.
 
-projects the wall time of a paper's recipe (README, "Reproducing the paper") from a shortened run of train.py
+projects the wall time of a paper's recipe (docs/paper.md) from a shortened run of train.py
 on records of the dataset's shape (ProsQA: graphs with the paper's settings, Algorithm 1; GSM8k-Aug: its test
 records drawn with replacement) and a GPT of GPT-2's shapes with random weights: two epochs of every stage,
 the second of which (compiled already) is scaled to the recipe's number of records and epochs.

@@ -21,7 +21,8 @@ passes and no position is computed twice. tests/test_coconut.py checks this agai
 
 The methods that followed are subclasses, each in a file of its own: codi.py (a projection on the fed-back state:
 `thought`; a teacher pass and a distillation of every layer's state: `hidden(batch, layers=True)`), pccot.py (the
-thoughts by Jacobi iterations: `hidden` and generation's `prefill`), simcot.py (a step decoder on the thoughts).
+thoughts by Jacobi iterations: `hidden` and generation's `prefill`), simcot.py (a step decoder on the thoughts),
+softthinking.py (no training: a CoT model's generation reads back mixtures of token embeddings: `generate`).
 """
 from dataclasses import dataclass
 from pathlib import Path

@@ -176,7 +176,7 @@ METHODS = {
     "cot":              Method("cot",        latents=False, markers=False, feedback=False),
     "no_cot":           Method("final",      latents=False, markers=False, feedback=False),
     "icot":             Method("curriculum", latents=False, markers=False, feedback=False),
-    # The methods that followed (README, "The methods that followed"): codi.py, pccot.py, simcot.py.
+    # The methods that followed (docs/methods.md): codi.py, pccot.py, simcot.py.
     "codi":             Method("final",      latents=True,  markers=True,  feedback=True, format="codi", teacher=True),
     "pccot":            Method("final",      latents=True,  markers=True,  feedback=True, format="pccot", teacher=True),
     "simcot":           Method("curriculum", latents=True,  markers=True,  feedback=True, step_targets=True),

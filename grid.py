@@ -15,7 +15,7 @@ not run again, and a run stopped mid-way resumes from its `latest` checkpoint (t
                                     soft-<split>.json (Soft Thinking, on the CoT runs), probe.json (the thoughts)
     data/<task>/<task>_<split>.json the longer test sets, generated once (reachability's 7-hop questions are slow)
     results.json                    every run's numbers
-    table.md, grid.png              the README's tables and picture
+    table.md, grid.png              the tables and the picture of docs/results.md (and the README's table)
 """
 import argparse
 import json
@@ -187,10 +187,21 @@ def collect(args):
     return dict(runs=runs + soft, search=search)
 
 
+def command(args):
+    """The command line that makes this grid."""
+    flags = ["--quick"] if args.quick else [
+        *(["--tasks", *args.tasks] if args.tasks != list(TASKS) else []),
+        *(["--methods", *args.methods] if args.methods != list(METHODS) else []),
+        *(["--seeds", *map(str, args.seeds)] if args.seeds != [0, 1, 2] else [])]
+    return " ".join(["python grid.py", *flags])
+
+
 def table(results, args):
     """The Markdown tables: per task, each method's test accuracy (mean, standard deviation over seeds, and each
     seed's), on the longer sets, tokens and wall time; the per-seed gaps the README's claims rest on; the search."""
-    lines = []
+    lines = [f"Made by `{command(args)}`: test accuracy (%) on the 500 test questions; one and two steps longer: the "
+             f"test sets test+1 and test+2, each method given one or two steps' thoughts more; tokens per answer "
+             f"(thoughts included); minutes of training and validation of a run, one thread, {args.jobs} runs at once.", ""]
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
     for task in args.tasks:
         rows = [r for r in results["runs"] if r["task"] == task]
@@ -221,7 +232,9 @@ def table(results, args):
             lines += [f"Coconut minus {baseline}, test accuracy points: " + ", ".join(gaps) + ".", ""]
     if results["search"]:
         lines += search_table(results["search"])
-    return lines
+    g = results["grid"]
+    return lines + [f"{g['finished']} of {g['runs']} runs finished; the grid's wall time: {g['hours']:.1f} h in "
+                    f"{g['invocations']} invocation(s) of `{g['command']}`."]
 
 
 def search_table(search):
@@ -267,15 +280,19 @@ def main(argv=None):
         for run in runs:
             pool.submit(run.execute, data_ready, say)
     results = collect(args)
-    results["grid"] = dict(tasks=args.tasks, methods=args.methods, seeds=args.seeds, quick=args.quick)
+    finished = sum(r["method"] != "soft_thinking" for r in results["runs"])
+    with open(out_dir / "invocations.jsonl", "a") as f:
+        f.write(json.dumps(dict(start=t0, minutes=(time.time() - t0) / 60, jobs=args.jobs, finished=finished)) + "\n")
+    invocations = [json.loads(line) for line in (out_dir / "invocations.jsonl").read_text().splitlines()]
+    results["grid"] = dict(command=command(args), tasks=args.tasks, methods=args.methods, seeds=args.seeds,
+                           runs=len(runs), finished=finished, hours=sum(i["minutes"] for i in invocations) / 60,
+                           invocations=len(invocations))
     (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out_dir / "table.md").write_text("\n".join(table(results, args)) + "\n")
     plot_grid(results, out_dir / "grid.png")
-    finished = sum(r["method"] != "soft_thinking" for r in results["runs"])
-    say(f"{finished} of {len(runs)} runs finished; this invocation took {(time.time() - t0) / 60:.1f} min; "
-        f"wrote {out_dir / 'results.json'}, {out_dir / 'table.md'}, {out_dir / 'grid.png'}")
-    with open(out_dir / "invocations.jsonl", "a") as f:
-        f.write(json.dumps(dict(start=t0, minutes=(time.time() - t0) / 60, jobs=args.jobs, finished=finished)) + "\n")
+    say(f"{finished} of {len(runs)} runs finished; this invocation took {(time.time() - t0) / 60:.1f} min, the grid "
+        f"{results['grid']['hours']:.2f} h in {len(invocations)} invocations; wrote {out_dir / 'results.json'}, "
+        f"{out_dir / 'table.md'}, {out_dir / 'grid.png'}")
 
 
 if __name__ == "__main__":

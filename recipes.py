@@ -38,7 +38,7 @@ PRESETS = {
     # 2-core CPU. Stage mixing keeps earlier stages in training, AdamW is never reset, and 32 sequences a step
     # at a moderate learning rate keep the thoughts' gradients (through the whole chain) steady. Each new stage
     # shakes the chain; with half the sequences at a stage drawn at random, more runs recover than with 0.3, not
-    # yet all (README, "Why stage mixing 0.5").
+    # yet all (docs/shell-game.md, "Why stage mixing 0.5").
     "shellgame": dict(init_from="scratch", n_layer=2, n_head=4, n_embd=128, dropout=0.0, lr=5e-4,
                       batch_size=32, micro_batch_size=32, reset_optimizer="never", uniform_prob=0.5,
                       c_thought=1, max_latent_stage=4, epochs_per_stage=2, epochs=15, max_new_tokens=32,
@@ -50,7 +50,7 @@ PRESETS = {
     # ProsQA's graphs in symbols (synthetic.py), where a written step must commit to one branch. As in the
     # superposition paper's code (Zhu et al. 2025), a thought has no markers around it: the root's position computes
     # the first, each thought the next, every one where CoT would write the next node, and there are as many as the
-    # path has hops. The thoughts' stages start from 8 epochs of CoT, then 2 epochs a stage (README, "Latent search").
+    # path has hops. The thoughts' stages start from 8 epochs of CoT, then 2 epochs a stage (docs/latent-search.md).
     "reachability": dict(init_from="scratch", n_layer=2, n_head=4, n_embd=128, dropout=0.0, lr=1e-3,
                          batch_size=32, micro_batch_size=32, reset_optimizer="never", uniform_prob=0.3,
                          format="symbols", markers=False, pad_latent_to_max=False,

@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass
 
 # -----------------------------------------------------------------------------
-# The shell game, the offline default (README, "The offline default")
+# The shell game, the offline default (docs/shell-game.md)
 #
 # A ball lies under one of five cups, A to E; then two cups at a time change places, four times. Where is the
 # ball? One swap is easy: the ball moves iff its cup is one of the two. Four swaps compose four order-dependent
@@ -259,7 +259,7 @@ def generate_prosqa(n, seed, settings=PAPER):
 
 
 # -----------------------------------------------------------------------------
-# Reachability: ProsQA's graphs in symbols (README, "Latent search")
+# Reachability: ProsQA's graphs in symbols (docs/latent-search.md)
 #
 # Algorithm 1's graphs, written for a small model: every node is a number (one token), and the question lists each
 # node's children in a slot of its own, slots in the order of the numbers, "-" where a node has fewer than
@@ -281,7 +281,7 @@ def generate_prosqa(n, seed, settings=PAPER):
 
 # About 13 nodes, 14 edges, up to 3 children each, the answer 3 to 5 hops away (python data.py --dataset
 # reachability --split test prints the measured sizes): the sizes at which Coconut, two layers of width 128, reaches
-# 90% within 20 minutes of a 2-core CPU; with 16 nodes and 21 edges it reached 82-83% (README, "Latent search").
+# 90% within 20 minutes of a 2-core CPU; with 16 nodes and 21 edges it reached 82-83% (docs/latent-search.md).
 REACHABILITY = GraphSettings(nodes=14, mean_parents=1.3, max_children=3, max_edges=18, min_hops=3, max_hops=5)
 
 

@@ -55,7 +55,7 @@ def parse_args(argv=None):
     a("--data_dir", help="read the dataset's files from this folder instead of downloading them")
     a("--cache_dir", help="where downloaded datasets are kept (default $COCONUT_DATA_DIR or ~/.cache/coconut)")
     a("--method", choices=METHODS, help="coconut, a baseline or ablation of the paper's Table 1, or a method that followed: "
-                                         "codi, pccot, simcot (README)")
+                                         "codi, pccot, simcot (docs/methods.md)")
     a("--init_from", help="GPT-2 name (gpt2, gpt2-medium, ...), Hugging Face GPT-2 folder, checkpoint of ours, or 'scratch'")
     a("--n_layer", type=int, help="layers of a model from scratch")
     a("--n_head", type=int, help="attention heads of a model from scratch")
