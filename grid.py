@@ -20,6 +20,7 @@ not run again, and a run stopped mid-way resumes from its `latest` checkpoint (t
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -107,11 +108,26 @@ class Run:
         return self.dir / name, [sys.executable, "eval.py", "--ckpt", str(ckpt), "--split", split, *longer, *flags,
                                  "--out", str(self.dir / name), *(QUICK_EVAL if self.quick else [])]
 
+    def shares_cot_phase(self):
+        """Whether this run's first epochs are the CoT phase of the Coconut run of its task and seed, which it would
+        train the same: CoT itself, or a method written as Coconut writes (the same vocabulary, so the same
+        initialisation) that starts with the recipe's CoT phase."""
+        spec = METHODS[self.method]
+        if recipe(self.task, "coconut")["cot_epochs"] == 0 or self.method in ("coconut", "no_cot"):
+            return False
+        if self.method == "cot":  # its first epochs are the phase's if it starts where the phase does
+            return recipe(self.task, "cot")["start_epoch"] == 0
+        return spec.format == "coconut" and not spec.teacher and not spec.step_targets
+
     def execute(self, data_ready, say):
         """Every step not done yet, one after the other; evaluations on the longer sets wait for their files."""
         for name, output, command in self.steps():
             if name == "train" and self.test is not None or name != "train" and output.exists():
                 continue
+            donor = Run(self.dir.parents[2], self.task, "coconut", self.seed, self.quick)
+            if name == "train" and self.shares_cot_phase() and donor.test is not None and lend_cot_phase(
+                    donor.dir / "cot", self.dir, self.method):
+                say(f"{self.name}: starts from the CoT phase of {donor.name}, which it would train the same")
             if name in LONGER or name.startswith("soft test+"):
                 data_ready[self.task].wait()
             log = self.dir / f"{name.replace(' ', '-')}.log"
@@ -121,6 +137,22 @@ class Run:
             if name == "train" and self.test is None:
                 return say(f"{self.name}: training ended without testing: see {log}")
             say(f"{self.name}: {name} done in {time.time() - t0:.0f} s")
+
+
+def lend_cot_phase(phase, run_dir, method):
+    """A finished CoT phase (a Coconut run's `cot` folder) copied to a run that would train the very same one, so that
+    train.py --resume continues from it, exactly: into its `cot` folder (a method after a CoT phase), or as the run's
+    first epochs (--method cot, which trains on). Whether it was lent (not if the run has started already)."""
+    target = run_dir if method == "cot" else run_dir / "cot"
+    if (target / "latest").exists():
+        return False
+    target.mkdir(parents=True, exist_ok=True)
+    for item in phase.iterdir():  # checkpoints, the links to them (`latest`, `best`), metrics.jsonl and .png
+        if item.is_symlink() or not item.is_dir():
+            shutil.copy2(item, target / item.name, follow_symlinks=False)
+        else:
+            shutil.copytree(item, target / item.name)
+    return True
 
 
 def execute(command, log):

@@ -34,3 +34,32 @@ def test_quick_grid_end_to_end_and_resumed(tmp_path):
                            text=True, timeout=600)
     assert again.returncode == 0 and " done in " not in again.stdout and "generated in" not in again.stdout
     assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+
+
+def test_a_lent_cot_phase_trains_the_same_run(tmp_path):
+    """A method written as Coconut writes, after the recipe's CoT phase, and CoT itself: started from the Coconut run's
+    CoT phase of the same task and seed (grid.lend_cot_phase), they end bit-identical to training their own."""
+    import torch
+    from safetensors.torch import load_file
+
+    import grid
+    import train
+    tiny = ["--dataset", "reachability", "--train_examples", "32", "--val_examples", "4", "--test_examples", "4",
+            "--n_embd", "32", "--cot_epochs", "2", "--start_epoch", "1", "--epochs", "3", "--epochs_per_stage", "1",
+            "--max_latent_stage", "2", "--device", "cpu", "--dtype", "float32"]
+    train.main([*tiny, "--out_dir", str(tmp_path / "coconut")])
+    for method, phase_dir, flags in (("pause_as_thought", "pause_as_thought", []), ("cot", "", ["--epochs", "4", "--start_epoch", "0"])):
+        for name in ("own", "lent"):
+            out = tmp_path / f"{method}-{name}"
+            if name == "lent":
+                assert grid.Run(tmp_path, "reachability", method, 0, False).shares_cot_phase()
+                assert grid.lend_cot_phase(tmp_path / "coconut" / "cot", out, method)
+            train.main([*tiny, "--method", method, *flags, "--out_dir", str(out), "--resume"])
+        own, lent = (load_file(tmp_path / f"{method}-{name}" / phase_dir / "latest" / "model.safetensors")
+                     for name in ("own", "lent"))
+        assert all(torch.equal(own[k], lent[k]) for k in own), method
+        lines = [(tmp_path / f"{method}-{name}" / phase_dir / "metrics.jsonl").read_text().splitlines()
+                 for name in ("own", "lent")]
+        assert len(lines[0]) == len(lines[1]) == (2 if method == "pause_as_thought" else 4)
+    assert not grid.Run(tmp_path, "shellgame", "pause_as_thought", 0, False).shares_cot_phase()  # no CoT phase there
+    assert not grid.Run(tmp_path, "reachability", "simcot", 0, False).shares_cot_phase()  # its vocabulary has "\n"
