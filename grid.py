@@ -73,8 +73,8 @@ class Run:
     """One (task, method, seed): its folder, and the commands that train and evaluate it."""
 
     def __init__(self, out_dir, task, method, seed, quick):
-        self.task, self.method, self.seed, self.quick = task, method, seed, quick
-        self.dir = Path(out_dir) / "runs" / task / method / f"seed{seed}"
+        self.task, self.method, self.seed, self.quick, self.out_dir = task, method, seed, quick, Path(out_dir)
+        self.dir = self.out_dir / "runs" / task / method / f"seed{seed}"
         self.data_dir = Path(out_dir) / "data" / task
         self.name = f"{task} {method} seed {seed}"
 
@@ -119,15 +119,20 @@ class Run:
             return recipe(self.task, "cot")["start_epoch"] == 0
         return spec.format == "coconut" and not spec.teacher and not spec.step_targets
 
+    def borrow_cot_phase(self):
+        """Before training: the finished CoT phase of the Coconut run of the same task and seed, if this run would
+        train the very same one (lend_cot_phase). Whether it was borrowed."""
+        donor = Run(self.out_dir, self.task, "coconut", self.seed, self.quick)
+        return self.shares_cot_phase() and donor.test is not None and lend_cot_phase(donor.dir / "cot", self.dir,
+                                                                                     self.method)
+
     def execute(self, data_ready, say):
         """Every step not done yet, one after the other; evaluations on the longer sets wait for their files."""
         for name, output, command in self.steps():
             if name == "train" and self.test is not None or name != "train" and output.exists():
                 continue
-            donor = Run(self.dir.parents[2], self.task, "coconut", self.seed, self.quick)
-            if name == "train" and self.shares_cot_phase() and donor.test is not None and lend_cot_phase(
-                    donor.dir / "cot", self.dir, self.method):
-                say(f"{self.name}: starts from the CoT phase of {donor.name}, which it would train the same")
+            if name == "train" and self.borrow_cot_phase():
+                say(f"{self.name}: starts from the CoT phase of the Coconut run of its seed, which it would train the same")
             if name in LONGER or name.startswith("soft test+"):
                 data_ready[self.task].wait()
             log = self.dir / f"{name.replace(' ', '-')}.log"

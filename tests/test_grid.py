@@ -38,7 +38,7 @@ def test_quick_grid_end_to_end_and_resumed(tmp_path):
 
 def test_a_lent_cot_phase_trains_the_same_run(tmp_path):
     """A method written as Coconut writes, after the recipe's CoT phase, and CoT itself: started from the Coconut run's
-    CoT phase of the same task and seed (grid.lend_cot_phase), they end bit-identical to training their own."""
+    CoT phase of the same task and seed (Run.borrow_cot_phase), they end bit-identical to training their own."""
     import torch
     from safetensors.torch import load_file
 
@@ -47,19 +47,19 @@ def test_a_lent_cot_phase_trains_the_same_run(tmp_path):
     tiny = ["--dataset", "reachability", "--train_examples", "32", "--val_examples", "4", "--test_examples", "4",
             "--n_embd", "32", "--cot_epochs", "2", "--start_epoch", "1", "--epochs", "3", "--epochs_per_stage", "1",
             "--max_latent_stage", "2", "--device", "cpu", "--dtype", "float32"]
-    train.main([*tiny, "--out_dir", str(tmp_path / "coconut")])
-    for method, phase_dir, flags in (("pause_as_thought", "pause_as_thought", []), ("cot", "", ["--epochs", "4", "--start_epoch", "0"])):
-        for name in ("own", "lent"):
-            out = tmp_path / f"{method}-{name}"
-            if name == "lent":
-                assert grid.Run(tmp_path, "reachability", method, 0, False).shares_cot_phase()
-                assert grid.lend_cot_phase(tmp_path / "coconut" / "cot", out, method)
-            train.main([*tiny, "--method", method, *flags, "--out_dir", str(out), "--resume"])
-        own, lent = (load_file(tmp_path / f"{method}-{name}" / phase_dir / "latest" / "model.safetensors")
-                     for name in ("own", "lent"))
-        assert all(torch.equal(own[k], lent[k]) for k in own), method
-        lines = [(tmp_path / f"{method}-{name}" / phase_dir / "metrics.jsonl").read_text().splitlines()
-                 for name in ("own", "lent")]
-        assert len(lines[0]) == len(lines[1]) == (2 if method == "pause_as_thought" else 4)
+    run = lambda method: grid.Run(tmp_path, "reachability", method, 0, False)
+    assert not run("pause_as_thought").borrow_cot_phase()  # no Coconut run yet
+    train.main([*tiny, "--out_dir", str(run("coconut").dir)])
+    for method, phase_dir, flags in (("pause_as_thought", "pause_as_thought", []),
+                                     ("cot", "", ["--epochs", "4", "--start_epoch", "0"])):
+        own = tmp_path / f"{method}-own"
+        train.main([*tiny, "--method", method, *flags, "--out_dir", str(own)])
+        assert run(method).borrow_cot_phase() and not run(method).borrow_cot_phase()  # once, before it trains
+        train.main([*tiny, "--method", method, *flags, "--out_dir", str(run(method).dir), "--resume"])
+        a, b = (load_file(d / phase_dir / "latest" / "model.safetensors") for d in (own, run(method).dir))
+        assert all(torch.equal(a[k], b[k]) for k in a), method
+        losses = [[((m := json.loads(line))["train_loss"], m["val_loss"])
+                   for line in (d / phase_dir / "metrics.jsonl").read_text().splitlines()] for d in (own, run(method).dir)]
+        assert losses[0] == losses[1] and len(losses[0]) == (2 if phase_dir else 4)  # every epoch's line, the phase's too
     assert not grid.Run(tmp_path, "shellgame", "pause_as_thought", 0, False).shares_cot_phase()  # no CoT phase there
-    assert not grid.Run(tmp_path, "reachability", "simcot", 0, False).shares_cot_phase()  # its vocabulary has "\n"
+    assert not run("simcot").shares_cot_phase() and not run("codi").shares_cot_phase()  # written otherwise
