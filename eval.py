@@ -192,7 +192,7 @@ def parse_args(argv=None):
     a("--soft_thinking", action="store_true", help="generate with Soft Thinking (softthinking.py): a CoT model reads back "
       "mixtures of token embeddings while it reasons")
     for f in dataclasses.fields(SoftSettings):
-        a(f"--soft_{f.name}", type=type(f.default), default=f.default, help=f"with --soft_thinking (default {f.default})")
+        a(f"--soft_{f.name}", type=type(f.default), help=f"with --soft_thinking: its {f.name} (default {f.default})")
     return p.parse_args(argv)
 
 
@@ -218,6 +218,12 @@ def resolve_config(args, run, state):
     for key in ("stage", "num_latents"):
         if cfg.get(key) is not None and cfg[key] < 0:
             raise ValueError(f"--{key} must be at least 0, got {cfg[key]}")
+    soft = [f"--soft_{f.name}" for f in dataclasses.fields(SoftSettings) if f"soft_{f.name}" in given]
+    if soft and not getattr(args, "soft_thinking", False):
+        raise ValueError(f"{', '.join(soft)} without --soft_thinking: only Soft Thinking reads them")
+    thoughts = [f"--{k}" for k in ("c_thought", "max_latent_stage", "pad_latent_to_max") if k in given]
+    if thoughts and not METHODS[cfg["method"]].latents:
+        raise ValueError(f"{', '.join(thoughts)}: method {cfg['method']} has no thoughts for them to shape")
     if getattr(args, "soft_thinking", False) and METHODS[cfg["method"]].latents:
         raise ValueError(f"--soft_thinking reads back concept tokens where a chain of thought writes its steps: it runs on "
                          f"a model without latents (--method cot), not on method {cfg['method']}")
@@ -304,7 +310,8 @@ def start(args):
     gpt = load_gpt(args.ckpt or args.init_from, args.new_token_init, dropout=0.0)  # a broken one fails before a download
     model = build_model(cfg, gpt.to(device), args.ckpt)
     if cfg.get("soft_thinking"):
-        model = SoftThinking(gpt, SoftSettings(**{f.name: cfg[f"soft_{f.name}"] for f in dataclasses.fields(SoftSettings)}))
+        model = SoftThinking(gpt, SoftSettings(**{f.name: cfg[f"soft_{f.name}"] for f in dataclasses.fields(SoftSettings)
+                                                  if f"soft_{f.name}" in cfg}))
     step = model.compiled_step() if args.compile else None
     return Session(cfg, curriculum_of(cfg), model, device, autocast, rank, world, step)
 
