@@ -97,17 +97,13 @@ class SoftThinking(Coconut):
                 break
             h = gpt(embeds=x[:, None], pos=(T + j - batch.starts)[:, None], cache=cache,
                     input_pos=torch.arange(T + j, T + j + 1, device=device))[:, 0]
-        tokens = torch.stack(tokens, 1).tolist()  # (B, steps)
+        out = [row[:row.index(EOS) + 1] if EOS in row else row for row in torch.stack(tokens, 1).tolist()]
         ids, weights, soft = (torch.stack(t, 1).tolist() for t in zip(*concepts))  # (B, steps, K) and (B, steps)
-        out = []
-        for row in tokens:
-            end = row.index(EOS) + 1 if EOS in row else len(row)
-            out.append(row[:end])
-        n_soft = [sum(r) for r in soft]
+        kept = lambda w: len(w) - w.count(0.0)  # the cuts leave zeros at the end: the tokens kept come first
         return SoftGeneration(out, [len(r) - (r[-1] == EOS) for r in out],
-                              torch.stack(mixtures, 1)[:, :max(n_soft, default=0)],
-                              [[(i[:len(w) - w.count(0.0)], w[:len(w) - w.count(0.0)])  # the tokens kept
-                                for i, w, k in zip(ids[b], weights[b], soft[b]) if k] for b in range(B)])
+                              torch.stack(mixtures, 1)[:, :max(map(sum, soft), default=0)],  # thinking comes first
+                              [[(i[:kept(w)], w[:kept(w)]) for i, w, k in zip(ids[b], weights[b], soft[b]) if k]
+                               for b in range(B)])
 
 
 # -----------------------------------------------------------------------------------------------------------
