@@ -129,7 +129,7 @@ def frontier_values(model, record, curriculum, k, device="cpu", autocast=context
 
 def check_graphs(records):
     if not all("edges" in r for r in records):
-        raise ValueError("--prosqa_analysis needs ProsQA records with their graphs (idx_to_symbol, edges, root, "
+        raise ValueError("the ProsQA analysis needs records with their graphs (idx_to_symbol, edges, root, "
                          "target, neg_target): --dataset prosqa, ontology or reachability")
 
 

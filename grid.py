@@ -58,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at once, each on one thread")
     p.add_argument("--out_dir", default="out/grid", help="where runs, results and tables go")
     p.add_argument("--quick", action="store_true", help="two short runs on a handful of records (what the tests run)")
+    p.add_argument("--summarize", action="store_true", help="run nothing: write the results, tables and picture of the "
+                                                            "runs finished so far (of a grid still running, say)")
     args = p.parse_args(argv)
     if args.quick:
         vars(args).update(QUICK)
@@ -303,7 +305,7 @@ def main(argv=None):
     # method and seed, the long task first.
     runs.sort(key=lambda r: (PRIORITY.index(r.method), r.seed, r.task != "reachability"))
     data_ready = {task: threading.Event() for task in args.tasks}
-    say(f"{len(runs)} runs, {args.jobs} at a time, in {out_dir}")
+    say(f"{len(runs)} runs, {args.jobs} at a time, in {out_dir}" if not args.summarize else f"{out_dir}: summarizing")
 
     def longer_sets(task):
         try:
@@ -311,16 +313,19 @@ def main(argv=None):
         finally:  # evaluations of a set that failed fail in their turn, each saying so
             data_ready[task].set()
 
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for task in args.tasks:
-            pool.submit(longer_sets, task)
-        for run in runs:
-            pool.submit(run.execute, data_ready, say)
+    if not args.summarize:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for task in args.tasks:
+                pool.submit(longer_sets, task)
+            for run in runs:
+                pool.submit(run.execute, data_ready, say)
     results = collect(args)
     finished = sum(r["method"] != "soft_thinking" for r in results["runs"])
-    with open(out_dir / "invocations.jsonl", "a") as f:
-        f.write(json.dumps(dict(start=t0, minutes=(time.time() - t0) / 60, jobs=args.jobs, finished=finished)) + "\n")
-    invocations = [json.loads(line) for line in (out_dir / "invocations.jsonl").read_text().splitlines()]
+    if not args.summarize:
+        with open(out_dir / "invocations.jsonl", "a") as f:
+            f.write(json.dumps(dict(start=t0, minutes=(time.time() - t0) / 60, jobs=args.jobs, finished=finished)) + "\n")
+    invocations_file = out_dir / "invocations.jsonl"
+    invocations = [json.loads(line) for line in invocations_file.read_text().splitlines()] if invocations_file.exists() else []
     results["grid"] = dict(command=command(args), tasks=args.tasks, methods=args.methods, seeds=args.seeds,
                            runs=len(runs), finished=finished, hours=sum(i["minutes"] for i in invocations) / 60,
                            invocations=len(invocations))
