@@ -297,6 +297,24 @@ def accuracy_by_search(examples, records):
     return {key: {v: (sum(c) / len(c), len(c)) for v, c in sorted(groups.items())} for key, groups in by.items()}
 
 
+def answer_forms(examples, records):
+    """How outputs in symbols are formed (evaluate()'s examples of synthetic.reachability's records): the share whose
+    answer after "###" is one node; and of the outputs that write nodes before "###" (CoT's path), the share whose
+    path ends at the right answer, and whose answer repeats the path's last node, as training's answers all do."""
+    one, ends, repeats, paths = 0, 0, 0, 0
+    for e in examples:
+        path, _, answer = e["output"].partition("###")
+        path, answer = path.split(), answer.split()
+        one += len(answer) == 1
+        if path:
+            paths += 1
+            ends += path[-1] == records[e["idx"]]["answer"]
+            repeats += answer[:1] == path[-1:]
+    share = lambda k, n: k / n if n else None
+    return dict(one_node=share(one, len(examples)), path_ends_at_answer=share(ends, paths),
+                answer_repeats_path=share(repeats, paths), with_path=share(paths, len(examples)))
+
+
 def frontier_weights(path, records):
     """By hop i = 1, 2, ...: what step i of each question holds of the nodes i hops from the root (the frontier), from
     an evaluation's JSON whose examples carry "thoughts", each a list of top tokens and their weights (a thought's
@@ -369,6 +387,12 @@ def main(argv=None):
                f"by the nodes the root reaches (accuracy, questions):")
         for key, groups in by_search.items():
             print0(f"  {key}: " + ", ".join(f"{v}: {a:.3f} ({n})" for v, (a, n) in groups.items()))
+        if all(is_symbolic(r) for r in records):
+            out["answer_forms"] = forms = answer_forms(results["examples"], records)
+            print0("answers of one node: " + (f"{forms['one_node']:.1%}" if forms["one_node"] is not None else "-")
+                   + (f"; of the {forms['with_path']:.1%} of outputs that write a path, it ends at the answer in "
+                      f"{forms['path_ends_at_answer']:.1%} and the answer repeats its last node in "
+                      f"{forms['answer_repeats_path']:.1%}" if forms["with_path"] else ""))
         print0("\n".join(analysis_table(rows)))
         plots = plot_prosqa(rows, args.plot_dir) if args.plot_dir and s.rank == 0 else []
         if s.curriculum.feedback and all(is_searchable(r) for r in records) and s.rank == 0:

@@ -245,3 +245,14 @@ def test_accuracy_by_search():
     from analysis import accuracy_by_search
     by = accuracy_by_search([dict(idx=0, correct=True), dict(idx=0, correct=False)], [GRAPH])
     assert by == {"hops": {2: (0.5, 2)}, "reachable": {4: (0.5, 2)}}
+
+
+def test_answer_forms():
+    """In symbols: CoT writes a path, then the answer, which repeats the path's last node; past its training, it may not."""
+    from analysis import answer_forms
+    record = dict(answer="7")
+    examples = [dict(idx=0, output=" 2 7### 7"),       # a path to the answer, the answer repeated
+                dict(idx=0, output=" 2 5### 2 5"),     # a path elsewhere, an answer of two nodes
+                dict(idx=0, output="### 7")]           # no path (Coconut's thoughts)
+    assert answer_forms(examples, [record]) == dict(one_node=2 / 3, path_ends_at_answer=0.5, answer_repeats_path=0.5,
+                                                    with_path=2 / 3)

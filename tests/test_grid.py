@@ -34,6 +34,12 @@ def test_quick_grid_end_to_end_and_resumed(tmp_path):
                            text=True, timeout=600)
     assert again.returncode == 0 and " done in " not in again.stdout and "generated in" not in again.stdout
     assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+    summary = subprocess.run([sys.executable, "grid.py", "--quick", "--summarize", "--out_dir", str(out)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+    assert summary.returncode == 0 and "summarizing" in summary.stdout
+    assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+    invocations = (out / "invocations.jsonl").read_text().splitlines()
+    assert len(invocations) == 2  # the two that ran; a summary is none
 
 
 def test_a_lent_cot_phase_trains_the_same_run(tmp_path):
