@@ -279,14 +279,18 @@ def table(results, args):
 def search_table(search):
     """By hop, each method's weight on the frontier's nodes, averaged over seeds."""
     lines = ["### What the steps hold of the frontier (reachability, test split)", "",
-             "| method | hop | frontier nodes | weight on the frontier | on the path's node | holds two or more |",
-             "|---|---|---|---|---|---|"]
+             "Step i: Coconut's thought i (its LM head's 10 likeliest tokens), or Soft Thinking's concept token i (the "
+             "mixture read back); the frontier: the nodes i hops from the root. Means over the questions with a step i "
+             "(on average over the seeds), and over the seeds.", "",
+             "| method | hop | questions | frontier nodes | weight on the frontier | on the path's node | "
+             "holds two frontier nodes (of frontiers of two or more) |", "|---|---|---|---|---|---|---|"]
     for method in dict.fromkeys(s["method"] for s in search):
         mine = [s["hops"] for s in search if s["method"] == method]
         for i in range(min(len(h) for h in mine)):
-            m = lambda key: statistics.mean(h[i][key] for h in mine if h[i][key] is not None)
-            lines.append(f"| {method} | {i + 1} | {m('frontier'):.2f} | {m('weight'):.3f} | {m('path'):.3f} | "
-                         f"{100 * m('holds_two'):.1f}% |")
+            m = lambda key: (lambda v: statistics.mean(v) if v else None)([h[i][key] for h in mine if h[i][key] is not None])
+            two = "-" if m("holds_two") is None else f"{100 * m('holds_two'):.1f}%"
+            lines.append(f"| {method} | {i + 1} | {m('n'):.0f} | {m('frontier'):.2f} | {m('weight'):.3f} | "
+                         f"{m('path'):.3f} | {two} |")
     return lines + [""]
 
 
