@@ -224,6 +224,9 @@ def resolve_config(args, run, state):
     thoughts = [f"--{k}" for k in ("c_thought", "max_latent_stage", "pad_latent_to_max") if k in given]
     if thoughts and not METHODS[cfg["method"]].latents:
         raise ValueError(f"{', '.join(thoughts)}: method {cfg['method']} has no thoughts for them to shape")
+    if getattr(args, "soft_thinking", False) and args.compile:
+        raise ValueError("--compile with --soft_thinking: Soft Thinking's generation keeps each row's state between "
+                         "steps, in Python, and is not compiled")
     if getattr(args, "soft_thinking", False) and METHODS[cfg["method"]].latents:
         raise ValueError(f"--soft_thinking reads back concept tokens where a chain of thought writes its steps: it runs on "
                          f"a model without latents (--method cot), not on method {cfg['method']}")

@@ -228,6 +228,7 @@ def test_a_test_file_of_ones_own_for_a_generated_dataset(tmp_path, shellgame_ckp
     (["--split", "test+1", "--dataset", "ontology"], "ontology has no split 'test+1'"),
     (["--soft_thinking"], "--soft_thinking reads back concept tokens where a chain of thought writes its steps"),
     (["--soft_temperature", "1.0"], "--soft_temperature without --soft_thinking: only Soft Thinking reads them"),
+    (["--method", "cot", "--soft_thinking", "--compile"], "--compile with --soft_thinking"),
     (["--method", "cot", "--max_latent_stage", "5"], "--max_latent_stage: method cot has no thoughts for them to shape"),
 ])
 def test_flags_that_cannot_be_honoured_are_one_line(shellgame_ckpt, flags, message):
