@@ -50,9 +50,9 @@ def plot_metrics(out_dir):
                 ax.axvline(row["epoch"] - 0.5, color="gray", lw=0.6, ls=":")
                 ax.annotate(f"stage {row['stage']}", (row["epoch"] - 0.5, 1), xycoords=("data", "axes fraction"),
                             fontsize=6, rotation=90, va="top", ha="right", color="gray")
-    fig.suptitle(f"{Path(out_dir).name}: dotted lines mark a new curriculum stage", fontsize="small", y=1.02)
+    fig.suptitle(f"{Path(out_dir).name}: dotted lines mark a new curriculum stage", fontsize="small")
     fig.tight_layout()
-    fig.savefig(Path(out_dir) / "metrics.png", dpi=110)
+    fig.savefig(Path(out_dir) / "metrics.png", dpi=110, bbox_inches="tight")
 
 
 def plot_prosqa(rows, plot_dir):
