@@ -31,6 +31,28 @@ def fixtures():
 
 
 @pytest.fixture(scope="module")
+def gpt(tiny_gpt2_dir):
+    """The tiny GPT-2 as this project loads it, without dropout."""
+    from coconut import load_gpt
+    return load_gpt(str(tiny_gpt2_dir), dropout=0.0).eval()
+
+
+@pytest.fixture(scope="module")
+def prosqa(fixtures):
+    """The ProsQA records of tests/data."""
+    import data
+    return data.load_dataset("prosqa", "valid", data_dir=fixtures / "prosqa")
+
+
+# eval.py's and analysis.py's flags for a few ProsQA records of tests/data, quickly, on the CPU.
+FAST = ["--split", "valid", "--max_examples", "3", "--max_new_tokens", "16", "--device", "cpu", "--dtype", "float32"]
+
+
+def prosqa_args(tiny_gpt2_dir, fixtures):
+    return ["--init_from", str(tiny_gpt2_dir), "--dataset", "prosqa", "--data_dir", str(fixtures / "prosqa"), *FAST]
+
+
+@pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, fixtures):
     """ProsQA-format splits for training runs: 12 training records, 4 for validation and test."""
     path = tmp_path_factory.mktemp("prosqa")

@@ -10,26 +10,10 @@ import torch
 import train
 from analysis import (attention_probs, classify_prosqa, edge_positions, frontier_values, is_searchable, main,
                       search_class, search_values)
-from coconut import Coconut, load_gpt, naive_thoughts
-from data import Curriculum, decode, encode, load_dataset, tokenize
+from coconut import Coconut, naive_thoughts
+from conftest import prosqa_args
+from data import Curriculum, decode, encode, tokenize
 from plots import plot_prosqa
-
-FAST = ["--split", "valid", "--max_examples", "3", "--max_new_tokens", "16", "--device", "cpu", "--dtype", "float32"]
-
-
-@pytest.fixture(scope="module")
-def gpt(tiny_gpt2_dir):
-    return load_gpt(str(tiny_gpt2_dir), dropout=0.0).eval()
-
-
-@pytest.fixture(scope="module")
-def prosqa(fixtures):
-    return load_dataset("prosqa", "valid", data_dir=fixtures / "prosqa")
-
-
-def prosqa_args(tiny_gpt2_dir, fixtures):
-    return ["--init_from", str(tiny_gpt2_dir), "--dataset", "prosqa", "--data_dir", str(fixtures / "prosqa"), *FAST]
-
 
 # -----------------------------------------------------------------------------------------------------------
 # ProsQA analysis (the paper's §5) on a hand-made graph:

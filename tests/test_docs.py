@@ -1,6 +1,5 @@
 """The documentation cannot drift from the code: every Python block of the guided reading (docs/reading.md) and of
 the README runs, each page's blocks in order in one namespace, from the repository's root."""
-import os
 import re
 from pathlib import Path
 

@@ -12,26 +12,10 @@ import torch
 import train
 from coconut import Coconut, load_gpt
 from data import EOS, METHODS, Curriculum, collate, load_dataset, tokenize, vocabulary
+from conftest import prosqa_args
 from eval import evaluate, extract_answer, is_correct, main
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--split", "valid", "--max_examples", "3", "--max_new_tokens", "16", "--device", "cpu", "--dtype", "float32"]
-
-
-@pytest.fixture(scope="module")
-def gpt(tiny_gpt2_dir):
-    return load_gpt(str(tiny_gpt2_dir), dropout=0.0).eval()
-
-
-@pytest.fixture(scope="module")
-def prosqa(fixtures):
-    return load_dataset("prosqa", "valid", data_dir=fixtures / "prosqa")
-
-
-def prosqa_args(tiny_gpt2_dir, fixtures):
-    return ["--init_from", str(tiny_gpt2_dir), "--dataset", "prosqa", "--data_dir", str(fixtures / "prosqa"), *FAST]
-
-
 # -----------------------------------------------------------------------------------------------------------
 # The answer rule of the authors' code: what follows the last '#', commas removed, stripped
 
