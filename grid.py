@@ -240,8 +240,10 @@ def table(results, args):
     """The Markdown tables: per task, each method's test accuracy (mean, standard deviation over seeds, and each
     seed's), on the longer sets, tokens and wall time; the per-seed gaps the README's claims rest on; the search."""
     lines = [f"Made by `{command(args)}`: test accuracy (%) on the 500 test questions; one and two steps longer: the "
-             f"test sets test+1 and test+2, each method given one or two steps' thoughts more; tokens per answer "
-             f"(thoughts included); minutes of training and validation of a run, one thread, {args.jobs} runs at once.", ""]
+             f"test sets test+1 and test+2 (500 questions each, reachability's test+2 200), each method given one or "
+             f"two steps' thoughts more; tokens per answer (thoughts included) on the test questions; minutes of "
+             f"training and validation of a run (every phase), one thread, {args.jobs} runs at once: a wall time, which "
+             f"moves with whatever else the machine runs (speed is bench.py's to measure).", ""]
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
     for task in args.tasks:
         rows = [r for r in results["runs"] if r["task"] == task]
