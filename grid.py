@@ -36,6 +36,7 @@ from recipes import recipe
 
 ROOT = Path(__file__).resolve().parent
 TASKS = ("shellgame", "reachability")
+CHANCE = {"shellgame": 1 / 5, "reachability": 1 / 2}  # five cups; two candidates, one of them reachable
 LONGER = ("test+1", "test+2")  # one and two steps longer than training (synthetic.GENERATED)
 # Room for the written steps of the longer questions: the shell game's 6 steps take 30 tokens.
 LONGER_NEW_TOKENS = {"shellgame": 48, "reachability": 24}
@@ -224,7 +225,7 @@ def collect(args):
                 if (run.dir / "probe.json").exists():
                     search.append(dict(method=method, seed=seed,
                                        hops=frontier_weights(run.dir / "probe.json", load_dataset(task, "test"))))
-    return dict(runs=runs + soft, search=search)
+    return dict(runs=runs + soft, search=search, chance={task: CHANCE[task] for task in args.tasks})
 
 
 def command(args):
