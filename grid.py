@@ -291,7 +291,9 @@ def search_table(search):
     for method in dict.fromkeys(s["method"] for s in search):
         mine = [s["hops"] for s in search if s["method"] == method]
         for i in range(min(len(h) for h in mine)):
-            m = lambda key: (lambda v: statistics.mean(v) if v else None)([h[i][key] for h in mine if h[i][key] is not None])
+            def m(key):  # over the seeds that have a value (holds_two has none where every frontier is one node)
+                values = [h[i][key] for h in mine if h[i][key] is not None]
+                return statistics.mean(values) if values else None
             two = "-" if m("holds_two") is None else f"{100 * m('holds_two'):.1f}%"
             lines.append(f"| {method} | {i + 1} | {m('n'):.0f} | {m('frontier'):.2f} | {m('weight'):.3f} | "
                          f"{m('path'):.3f} | {two} |")

@@ -11,8 +11,8 @@ import torch
 
 import train
 from coconut import Coconut, load_gpt
-from data import EOS, METHODS, Curriculum, collate, load_dataset, tokenize, vocabulary
 from conftest import prosqa_args
+from data import EOS, METHODS, Curriculum, collate, load_dataset, tokenize, vocabulary
 from eval import evaluate, extract_answer, is_correct, main
 
 ROOT = Path(__file__).resolve().parents[1]
