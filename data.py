@@ -256,9 +256,13 @@ class Curriculum:
         # Every stage past max_latent_stage is the final one; icot's stages keep removing tokens.
         return self._fixed(stage if self.method == "icot" else min(stage, self.final_stage))
 
-    def is_final(self, stage):
-        """Whether a stage trains the method's final format: the checkpoints that compete for "best"."""
-        return self.method == "icot" or self.spec.stages != "curriculum" or stage >= self.final_stage
+    def is_final(self, stage, records):
+        """Whether a stage trains the method's final format: the checkpoints that compete for "best". icot's final
+        stages leave no CoT token in any of the (training) records: its authors' code lets each epoch that still
+        removes tokens replace the best whatever its accuracy, so that the best removes them all where it can."""
+        if self.method == "icot":
+            return all(sum(map(len, rec.steps)) <= stage * self.icot_tokens_per_stage for rec in records)
+        return self.spec.stages != "curriculum" or stage >= self.final_stage
 
     def _fixed(self, stage):
         """The stage a method really uses: cot stays at 0, the "final" methods at the final stage."""

@@ -37,6 +37,7 @@ from recipes import recipe
 ROOT = Path(__file__).resolve().parent
 TASKS = ("shellgame", "reachability")
 CHANCE = {"shellgame": 1 / 5, "reachability": 1 / 2}  # five cups; two candidates, one of them reachable
+TITLES = {"shellgame": "The shell game", "reachability": "Reachability"}  # table.md's headings, as docs/results.md's
 LONGER = ("test+1", "test+2")  # one and two steps longer than training (synthetic.GENERATED)
 # Room for the written steps of the longer questions: the shell game's 6 steps take 30 tokens.
 LONGER_NEW_TOKENS = {"shellgame": 48, "reachability": 24}
@@ -251,7 +252,7 @@ def table(results, args):
         if not rows:
             continue
         seeds = sorted({r["seed"] for r in rows})
-        lines += [f"### {task}", "", "| method | test accuracy (mean ± sd) | " + " | ".join(f"seed {s}" for s in seeds)
+        lines += [f"## {TITLES[task]}", "", "| method | test accuracy (mean ± sd) | " + " | ".join(f"seed {s}" for s in seeds)
                   + " | one step longer | two steps longer | tokens | minutes |", "|---" * (len(seeds) + 6) + "|"]
         for method in [*args.methods, "soft_thinking"]:
             mine = {r["seed"]: r for r in rows if r["method"] == method}
@@ -282,7 +283,7 @@ def table(results, args):
 
 def search_table(search):
     """By hop, each method's weight on the frontier's nodes, averaged over seeds."""
-    lines = ["### What the steps hold of the frontier (reachability, test split)", "",
+    lines = ["## What the steps hold of the frontier (reachability, test split)", "",
              "Step i: Coconut's thought i (its LM head's 10 likeliest tokens), or Soft Thinking's concept token i (the "
              "mixture read back); the frontier: the nodes i hops from the root. Means over the questions with a step i "
              "(on average over the seeds), and over the seeds.", "",

@@ -313,7 +313,7 @@ def data_parallel(forward):
     return DistributedDataParallel(forward, **{"forward_sync_buffers" if renamed else "broadcast_buffers": False})
 
 
-def end_of_epoch(cfg, model, optimizer, valid, decode_step, state, stats, run, trackers):
+def end_of_epoch(cfg, model, optimizer, train, valid, decode_step, state, stats, run, trackers):
     """Validate, log a line of metrics.jsonl (and redraw metrics.png, and to the trackers), write `latest` and
     perhaps `best`."""
     epoch, stage, out_dir, curriculum, gpt = state["epoch"], state["stage"], Path(cfg["out_dir"]), curriculum_of(cfg), model.gpt
@@ -330,7 +330,8 @@ def end_of_epoch(cfg, model, optimizer, valid, decode_step, state, stats, run, t
         metrics["mfu"] = gpt.mfu(n_tokens / seconds / run.world, n_tokens / max(n_sequences, 1), run.device)
     state.update(epoch=epoch + 1, step=0)
     state.pop("epoch_so_far", None)
-    improved = curriculum.is_final(stage) and (state["best_accuracy"] is None or results["accuracy"] > state["best_accuracy"])
+    improved = (curriculum.is_final(stage, train)
+                and (state["best_accuracy"] is None or results["accuracy"] > state["best_accuracy"]))
     if improved:
         state["best_accuracy"] = results["accuracy"]
     with on_every_rank():  # only rank 0 writes; if it cannot, every rank stops with its message
@@ -416,7 +417,7 @@ def train_phase(cfg, data, run, preemption, trackers):
                 if steps_run == cfg["max_steps"]:
                     print0(f"stopped after {steps_run} steps (--max_steps); --resume continues")
                     return None
-        end_of_epoch(cfg, model, optimizer, data["valid"], decode_step, state, share_of_totals(), run, trackers)
+        end_of_epoch(cfg, model, optimizer, train, data["valid"], decode_step, state, share_of_totals(), run, trackers)
         if caught := preemption.agreed(wait=True):
             stop(caught, state)
     return out_dir / "best"

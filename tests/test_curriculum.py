@@ -58,6 +58,14 @@ def test_other_methods(method, stage, ids, label_start):
     assert e.ids == ids and e.label_start == label_start
 
 
+def test_icot_competes_for_best_only_where_every_cot_token_is_gone():
+    cur = Curriculum(method="icot", icot_tokens_per_stage=2)
+    for stage in range(6):  # REC's 6 CoT tokens are gone from stage 3; ONE_STEP's 1 token from stage 1
+        assert cur.is_final(stage, [REC]) == (cur.example(REC, stage).ids == Q + [90, EOS]) == (stage >= 3)
+        assert cur.is_final(stage, [REC, ONE_STEP]) == (stage >= 3) and cur.is_final(stage, [ONE_STEP]) == (stage >= 1)
+    assert Curriculum(max_latent_stage=2).is_final(3, [REC]) and not Curriculum(max_latent_stage=2).is_final(2, [REC])
+
+
 def test_schedules():
     assert [Curriculum(epochs_per_stage=5).stage(e) for e in (0, 4, 5, 34, 35, 49)] == [0, 0, 1, 6, 7, 7]
     assert Curriculum(method="icot", epochs_per_stage=5).stage(49) == 9

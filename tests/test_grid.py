@@ -28,6 +28,7 @@ def test_quick_grid_end_to_end_and_resumed(tmp_path):
     soft = json.loads((out / "runs" / "shellgame" / "cot" / "seed0" / "soft-test.json").read_text())
     assert soft["settings"]["soft_thinking"] and all("thoughts" in e for e in soft["examples"])
     table = (out / "table.md").read_text()
+    assert "\n## The shell game\n" in table  # docs/results.md takes the file as it is
     assert "| coconut |" in table and "| soft_thinking |" in table and "Coconut minus no_cot" not in table
     assert "2 of 2 runs finished" in first.stdout
     again = subprocess.run([sys.executable, "grid.py", "--quick", "--out_dir", str(out)], cwd=ROOT, capture_output=True,

@@ -90,6 +90,16 @@ def test_overfits_a_handful_through_the_stages(tmp_path, data_dir, capsys):
         assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_icot_keeps_an_epoch_that_removed_every_cot_token(tmp_path, data_dir):
+    # Epoch 0 writes the whole CoT, epoch 1 none of it. An untrained model answers neither, so that the first epoch
+    # would stay the best if every icot epoch competed: the best must be epoch 1, as in the authors' code.
+    out = tmp_path / "icot"
+    train.main([*TINY, "--method", "icot", "--icot_tokens_per_stage", "1000", "--data_dir", str(data_dir),
+                "--out_dir", str(out), "--train_examples", "2", "--val_examples", "1", "--epochs", "2", "--lr", "0"])
+    assert [json.loads(line)["val_accuracy"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 0]
+    assert json.loads((out / "best" / "state.json").read_text())["stage"] == 1
+
+
 def importlib_has(name):
     import importlib.util
     return importlib.util.find_spec(name) is not None
