@@ -226,7 +226,8 @@ def collect(args):
                 if (run.dir / "probe.json").exists():
                     search.append(dict(method=method, seed=seed,
                                        hops=frontier_weights(run.dir / "probe.json", load_dataset(task, "test"))))
-    return dict(runs=runs + soft, search=search, chance={task: CHANCE[task] for task in args.tasks})
+    return dict(runs=runs + soft, search=search, chance={task: CHANCE[task] for task in args.tasks},
+                titles={task: TITLES[task] for task in args.tasks})
 
 
 def command(args):
