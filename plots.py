@@ -137,10 +137,9 @@ def plot_grid(results, path):
                            label=label if x == 0 else None)
                     ax.plot([x + (k - 1) * 0.27] * len(values), values, "o", color=f"C{k}", ms=3)
         ax.set_xticks(range(len(methods)), [m.replace("_", " ") for m in methods], rotation=40, ha="right", fontsize=8)
-        if task in results.get("chance", {}):
-            ax.axhline(results["chance"][task], color="gray", ls="--", lw=0.8, label="chance")
+        ax.axhline(results["chance"][task], color="gray", ls="--", lw=0.8, label="chance")
         ax.set(ylim=(0, 1.02), ylabel="accuracy")
-        ax.set_title(f"{results.get('titles', {}).get(task, task)}: each seed a point, the mean a bar", pad=24)
+        ax.set_title(f"{results['titles'][task]}: each seed a point, the mean a bar", pad=24)
         ax.legend(fontsize="small", loc="lower left", bbox_to_anchor=(0, 1.0), ncol=4, frameon=False)  # above the bars
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
